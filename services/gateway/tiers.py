@@ -1,0 +1,92 @@
+"""The contracts between the gateway and its semantic tiers.
+
+The gateway's cascade (L1 exact -> L2 vector search -> L3 verifier) talks only to these
+protocols. Each has a production implementation (gRPC clients for the model services,
+Qdrant Edge or a Qdrant server for L2) and the tests use the same real implementations;
+keeping the seam here lets ``reflex serve`` run everything in one process and Kubernetes
+run it as separate pods without the gateway knowing which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+class TierUnavailable(Exception):
+    """A semantic tier failed, timed out or is overloaded.
+
+    The gateway never turns this into an error for the caller: the request falls back to
+    L1 plus upstream (a plain miss), a metric counts it by ``component`` and ``reason``,
+    and ``/ready`` reports the component until it answers again.
+    """
+
+    def __init__(self, component: str, reason: str, detail: str = "") -> None:
+        super().__init__(f"{component} unavailable ({reason}){': ' + detail if detail else ''}")
+        self.component = component
+        self.reason = reason  # short, low-cardinality: "timeout", "overloaded", "unavailable", "error"
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    async def embed(self, texts: Sequence[str], *, timeout: float) -> list[list[float]]:
+        """Unit-length vectors, one per text, in order. Raises TierUnavailable."""
+
+    async def check(self) -> None:
+        """Raise TierUnavailable unless the service reports SERVING (used by /ready)."""
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    async def score(self, query: str, candidates: Sequence[str], *, timeout: float) -> list[float]:
+        """One probability in [0, 1] per candidate, in order, from a single call. Raises TierUnavailable."""
+
+    async def check(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class L2Candidate:
+    entry_id: str  # the L1 key (hex) of the entry that stored it
+    question: str  # the last user message text the cached answer was produced for
+    similarity: float  # cosine similarity to the query vector
+    entry: bytes  # the serialized CachedEntry, so a hit costs one round trip
+
+
+@runtime_checkable
+class L2Store(Protocol):
+    async def search(
+        self,
+        *,
+        tenant: str,
+        model: str,
+        context_hash: str,
+        vector: Sequence[float],
+        top_k: int,
+        min_similarity: float,
+    ) -> list[L2Candidate]:
+        """Nearest entries of this tenant, model and context (filtered inside Qdrant, never in
+        Python), unexpired, with similarity >= min_similarity, best first. Raises TierUnavailable."""
+
+    async def upsert(
+        self,
+        *,
+        entry_id: str,
+        tenant: str,
+        model: str,
+        context_hash: str,
+        question: str,
+        vector: Sequence[float],
+        entry: bytes,
+        ttl_secs: int,
+    ) -> None:
+        """Write (or overwrite) one entry; visible to the next search once this returns."""
+
+    async def check(self) -> None:
+        """Raise TierUnavailable unless the store answers (used by /ready)."""
+
+    async def close(self) -> None: ...

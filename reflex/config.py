@@ -86,6 +86,18 @@ class Settings(BaseSettings):
     )
     l1_capacity: int = Field(10_000, ge=1, description="Entries kept by the in-process L1 (LRU).")
     cache_ttl_secs: int = Field(7 * 24 * 3600, ge=1, description="Lifetime of a cached entry.")
+    redis_timeout_ms: int = Field(
+        250,
+        ge=1,
+        description="Socket and connect timeout of each Redis call. Short: during an outage a request "
+        "pays at most this before going upstream; too short and a loaded Redis looks down.",
+    )
+    redis_retry_secs: float = Field(
+        1.0,
+        ge=0,
+        description="After a Redis failure, how long L1 is skipped before it is tried again. Longer "
+        "saves timeouts during an outage; shorter notices recovery sooner (/ready always pings).",
+    )
 
     # ---------------------------------------------------------------- semantic tiers (L2 + L3)
     semantic: bool = Field(

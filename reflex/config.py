@@ -128,6 +128,36 @@ class Settings(BaseSettings):
         le=1.0,
         description="Cosine floor for L2 candidates: a cheap pre-filter only, never the decision.",
     )
+    l2_oversampling: float = Field(
+        2.0,
+        ge=1.0,
+        le=16.0,
+        description="Binary quantization keeps 1 bit per dimension in RAM; a search takes "
+        "top_k x this many candidates by the quantized score and rescores them with the full "
+        "vectors. Higher: better recall of the true nearest entries, more full-vector reads per search.",
+    )
+    l2_timeout_ms: int = Field(
+        1000,
+        ge=1,
+        description="Deadline of one L2 search or write; past it the request is a plain miss "
+        "(search) or the entry is only in L1 (write). Too low turns a busy store into misses.",
+    )
+    l2_purge_interval_secs: float = Field(
+        300.0,
+        ge=1.0,
+        description="How often (at most) a write also deletes expired L2 points, so the store does "
+        "not grow forever. Shorter: a smaller store, more delete passes (searches already skip "
+        "expired points, so this is housekeeping, not correctness).",
+    )
+    l2_edge_optimize_points: int = Field(
+        50_000,
+        ge=0,
+        description="Embedded L2: rebuild the HNSW index and binary quantization once this many "
+        "points were written since the last build (always also at open). Until then new points are "
+        "searched exactly, which slows linearly with their number; the build blocks the whole "
+        "process (the engine holds Python's GIL) for about a second per 15k points on 2 cores. "
+        "0: only at open.",
+    )
     reranker_threshold: float = Field(
         0.70,
         ge=0.0,

@@ -199,6 +199,14 @@ class Settings(BaseSettings):
     shutdown_grace_secs_grpc: float = Field(
         10.0, ge=0, description="On SIGTERM, how long a model service drains in-flight calls."
     )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="HTTP port for a model service's Prometheus /metrics (reflex embedder / verifier), "
+        "on grpc_bind_addr. Unset: off (in-process servers under reflex serve expose their registry "
+        "to the caller instead). A separate port keeps scrapes off the gRPC port.",
+    )
 
     # ---------------------------------------------------------------- validation
     @field_validator("upstream_url")

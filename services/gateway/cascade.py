@@ -1,0 +1,275 @@
+"""The verified cascade: L1 exact -> L2 vector search -> L3 verifier, and the write-back.
+
+Correctness rule: an L2 candidate is served only when the verifier scored it at or above
+``reranker_threshold`` in this very lookup. Every tier failure degrades to a plain miss (the
+request goes upstream); it is counted, logged once per outage, and reported by /ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from reflex.config import Settings
+from services.gateway.entry import CachedEntry
+from services.gateway.keys import RequestKeys
+from services.gateway.l1 import L1Cache
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.tiers import Embedder, L2Candidate, L2Store, TierUnavailable, Verifier
+
+log = logging.getLogger("reflex.gateway.cascade")
+
+T = TypeVar("T")
+
+HIT_L1 = "hit-l1-exact"
+HIT_L3 = "hit-l3-verified"
+MISS = "miss"
+BYPASS = "bypass"
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticTiers:
+    """L2 and L3 come as a set: a vector search without a verifier could only serve
+    unverified answers, and a verifier without candidates has nothing to score."""
+
+    embedder: Embedder
+    verifier: Verifier
+    l2: L2Store
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    status: str  # HIT_L1, HIT_L3 or MISS
+    entry: CachedEntry | None = None
+    similarity: float | None = None
+    verifier_score: float | None = None
+    # the embedding of the question, reused when the answer is written (never embed twice)
+    vector: list[float] | None = None
+    lookup_ms: float = 0.0
+
+
+class ComponentHealth:
+    """Which components failed last time they were used; logs each outage and recovery once."""
+
+    def __init__(self) -> None:
+        self._failing: dict[str, str] = {}
+
+    def failed(self, component: str, reason: str, detail: str) -> None:
+        if component not in self._failing:
+            log.warning("%s unavailable (%s: %s); falling back to misses until it returns", component, reason, detail)
+        self._failing[component] = reason
+
+    def ok(self, component: str) -> None:
+        if self._failing.pop(component, None) is not None:
+            log.info("%s is back", component)
+
+    def failing(self) -> dict[str, str]:
+        return dict(self._failing)
+
+
+class Cascade:
+    def __init__(
+        self,
+        settings: Settings,
+        l1: L1Cache,
+        tiers: SemanticTiers | None,
+        metrics: GatewayMetrics,
+        health: ComponentHealth | None = None,
+    ) -> None:
+        self.settings = settings
+        self.l1 = l1
+        self.tiers = tiers
+        self.metrics = metrics
+        self.health = health or ComponentHealth()
+        self._embed_timeout = settings.embedder_timeout_ms / 1000
+        self._verify_timeout = settings.verifier_timeout_ms / 1000
+
+    # ------------------------------------------------------------------ plumbing
+    async def _call(self, component: str, stage: str | None, call: Callable[[], Awaitable[T]]) -> T | None:
+        """Run one tier call; on failure count it, mark the component, and return None."""
+        started = time.perf_counter()
+        try:
+            result = await call()
+        except TierUnavailable as exc:
+            self.metrics.tier_failures.labels(exc.component, exc.reason).inc()
+            self.health.failed(exc.component, exc.reason, str(exc))
+            return None
+        except Exception as exc:  # noqa: BLE001
+            # A bug or an unexpected client error in a tier must not fail the request: the
+            # upstream can still answer it. Logged with its traceback, counted, then a miss.
+            log.exception("%s failed unexpectedly", component)
+            self.metrics.tier_failures.labels(component, "error").inc()
+            self.health.failed(component, "error", type(exc).__name__)
+            return None
+        finally:
+            if stage is not None:
+                self.metrics.lookup_seconds.labels(stage).observe(time.perf_counter() - started)
+        self.health.ok(component)
+        return result
+
+    # ------------------------------------------------------------------ lookup
+    async def lookup(self, keys: RequestKeys) -> Lookup:
+        started = time.perf_counter()
+        result = await self._lookup(keys)
+        elapsed = time.perf_counter() - started
+        self.metrics.lookup_seconds.labels("total").observe(elapsed)
+        return replace(result, lookup_ms=elapsed * 1000)
+
+    async def _lookup(self, keys: RequestKeys) -> Lookup:
+        raw = await self._call(self.l1.name, "l1", lambda: self.l1.get(keys.l1_key))
+        if raw is not None:
+            entry = self._decode(raw, "l1")
+            if entry is not None:
+                return Lookup(HIT_L1, entry=entry)
+        if self.tiers is None or keys.question is None or keys.context_hash is None:
+            return Lookup(MISS)
+        return await self._semantic(keys, self.tiers)
+
+    async def _semantic(self, keys: RequestKeys, tiers: SemanticTiers) -> Lookup:
+        assert keys.question is not None and keys.context_hash is not None
+        question, context_hash = keys.question, keys.context_hash
+        vectors = await self._call(
+            "embedder", "embed", lambda: tiers.embedder.embed([question], timeout=self._embed_timeout)
+        )
+        if not vectors:
+            return Lookup(MISS)
+        vector = list(vectors[0])
+        candidates = await self._call(
+            "l2",
+            "l2",
+            lambda: tiers.l2.search(
+                tenant=keys.tenant,
+                model=keys.model,
+                context_hash=context_hash,
+                vector=vector,
+                top_k=self.settings.l2_top_k,
+                min_similarity=self.settings.l2_min_similarity,
+            ),
+        )
+        if not candidates:
+            return Lookup(MISS, vector=vector)
+        candidates = candidates[: self.settings.l2_top_k]
+        scores = await self._call(
+            "verifier",
+            "verify",
+            lambda: tiers.verifier.score(question, [c.question for c in candidates], timeout=self._verify_timeout),
+        )
+        if scores is None:
+            return Lookup(MISS, vector=vector)
+        best = self._best_verified(candidates, scores)
+        if best is None:
+            return Lookup(MISS, vector=vector)
+        candidate, score = best
+        entry = self._decode(candidate.entry, "l2")
+        if entry is None:
+            return Lookup(MISS, vector=vector)
+        return Lookup(HIT_L3, entry=entry, similarity=candidate.similarity, verifier_score=score, vector=vector)
+
+    def _best_verified(self, candidates: list[L2Candidate], scores: list[float]) -> tuple[L2Candidate, float] | None:
+        if len(scores) != len(candidates) or not all(isinstance(s, (int, float)) and math.isfinite(s) for s in scores):
+            # A malformed answer is not a yes: without one score per candidate we cannot
+            # know which candidate the verifier approved.
+            self.metrics.tier_failures.labels("verifier", "bad_response").inc()
+            log.error("verifier returned %d scores for %d candidates; treating as a miss", len(scores), len(candidates))
+            return None
+        best_index = max(range(len(scores)), key=scores.__getitem__)
+        best_score = float(scores[best_index])
+        self.metrics.verifier_scores.observe(best_score)
+        if best_score < self.settings.reranker_threshold:
+            return None
+        return candidates[best_index], best_score
+
+    def _decode(self, raw: bytes, tier: str) -> CachedEntry | None:
+        try:
+            return CachedEntry.from_bytes(raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            # e.g. an entry written by an incompatible version sharing the same Redis
+            log.warning("unreadable %s entry skipped: %s", tier, exc)
+            self.metrics.tier_failures.labels(tier, "bad_entry").inc()
+            return None
+
+    # ------------------------------------------------------------------ write-back
+    async def store(
+        self, keys: RequestKeys, completion: dict[str, Any], vector: list[float] | None, *, l2: bool = True
+    ) -> None:
+        """Write one answer to L1 and (when eligible) L2 together. Runs after the response
+        was sent; a failure is counted and logged, never raised to anyone."""
+        data = CachedEntry(entry_id=keys.l1_key, completion=completion, question=keys.question).to_bytes()
+        writes = [self._write("l1", self.l1.name, lambda: self.l1.set(keys.l1_key, data))]
+        if l2 and self.tiers is not None and keys.question is not None:
+            writes.append(self._store_l2(keys, data, vector, self.tiers))
+        await asyncio.gather(*writes)
+
+    async def _store_l2(self, keys: RequestKeys, data: bytes, vector: list[float] | None, tiers: SemanticTiers) -> None:
+        assert keys.question is not None and keys.context_hash is not None
+        question, context_hash = keys.question, keys.context_hash
+        if vector is None:
+            # The lookup did not embed (refresh, or the embedder was down): embedding here is
+            # off the request's critical path.
+            vectors = await self._call("embedder", None, lambda: tiers.embedder.embed([question], timeout=self._embed_timeout))
+            if not vectors:
+                self.metrics.cache_writes.labels("l2", "skipped").inc()
+                return
+            vector = list(vectors[0])
+        final_vector = vector
+        await self._write(
+            "l2",
+            "l2",
+            lambda: tiers.l2.upsert(
+                entry_id=keys.l1_key,
+                tenant=keys.tenant,
+                model=keys.model,
+                context_hash=context_hash,
+                question=question,
+                vector=final_vector,
+                entry=data,
+                ttl_secs=self.settings.cache_ttl_secs,
+            ),
+        )
+
+    async def _write(self, tier: str, component: str, call: Callable[[], Awaitable[None]]) -> None:
+        started = time.perf_counter()
+        ok = await self._call(component, None, _returning_true(call))
+        self.metrics.cache_writes.labels(tier, "ok" if ok else "failed").inc()
+        log.debug("%s write %s in %.1f ms", tier, "ok" if ok else "failed", (time.perf_counter() - started) * 1000)
+
+    # ------------------------------------------------------------------ readiness
+    async def readiness(self, timeout: float) -> dict[str, str]:
+        """Component -> "ok" or the reason it failed a live check now."""
+        checks: dict[str, Callable[[], Awaitable[None]]] = {self.l1.name: self.l1.check}
+        if self.tiers is not None:
+            checks.update(embedder=self.tiers.embedder.check, verifier=self.tiers.verifier.check, l2=self.tiers.l2.check)
+
+        async def run(name: str, check: Callable[[], Awaitable[None]]) -> str:
+            try:
+                await asyncio.wait_for(check(), timeout)
+            except TierUnavailable as exc:
+                return exc.reason
+            except TimeoutError:
+                return "timeout"
+            except Exception as exc:  # noqa: BLE001 - a readiness probe reports, it never raises
+                log.warning("readiness check of %s raised %s", name, type(exc).__name__)
+                return "error"
+            self.health.ok(name)
+            return "ok"
+
+        results = await asyncio.gather(*(run(n, c) for n, c in checks.items()))
+        return dict(zip(checks, results, strict=True))
+
+
+def _returning_true(call: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[bool]]:
+    async def wrapped() -> bool:
+        await call()
+        return True
+
+    return wrapped
+
+
+def fresh_completion_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex

@@ -1,0 +1,105 @@
+"""One table from error kinds to HTTP status and OpenAI's error envelope.
+
+Every error the gateway itself produces goes through ``error_response`` so that clients
+(the official SDKs in particular) always get ``{"error": {"message", "type", "param",
+"code"}}`` with a status they know how to retry or not. Messages are ours and never carry
+a traceback or a caller's key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import grpc
+import orjson
+from aiohttp import web
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    status: int
+    type: str  # OpenAI's error "type"
+    code: str  # OpenAI's error "code" (machine-readable)
+
+
+class ErrorKind(Enum):
+    INVALID_JSON = _Spec(400, "invalid_request_error", "invalid_json")
+    INVALID_ENCODING = _Spec(400, "invalid_request_error", "invalid_encoding")
+    INVALID_REQUEST = _Spec(400, "invalid_request_error", "invalid_request")
+    MISSING_FIELD = _Spec(400, "invalid_request_error", "missing_required_parameter")
+    WRONG_TYPE = _Spec(400, "invalid_request_error", "invalid_type")
+    UNSUPPORTED_FIELD = _Spec(400, "invalid_request_error", "unsupported_parameter")
+    NOT_FOUND = _Spec(404, "invalid_request_error", "not_found")
+    METHOD_NOT_ALLOWED = _Spec(405, "invalid_request_error", "method_not_allowed")
+    BODY_TOO_LARGE = _Spec(413, "invalid_request_error", "request_too_large")
+    UNSUPPORTED_MEDIA = _Spec(415, "invalid_request_error", "unsupported_media_type")
+    OVERLOADED = _Spec(429, "rate_limit_error", "gateway_overloaded")
+    UPSTREAM_UNREACHABLE = _Spec(502, "upstream_error", "upstream_unreachable")
+    UPSTREAM_BAD_RESPONSE = _Spec(502, "upstream_error", "upstream_bad_response")
+    UNAVAILABLE = _Spec(503, "server_error", "unavailable")
+    UPSTREAM_TIMEOUT = _Spec(504, "upstream_error", "upstream_timeout")
+    DEADLINE = _Spec(504, "server_error", "deadline_exceeded")
+    INTERNAL = _Spec(500, "server_error", "internal_error")
+
+    @property
+    def status(self) -> int:
+        return self.value.status
+
+
+# gRPC status -> error kind (STYLE practice 6). The gateway never surfaces a semantic-tier
+# failure to the caller (it degrades to a miss); this table serves anything that does
+# reach a client from a gRPC call, and gives tier failures a low-cardinality reason label.
+GRPC_TO_KIND: dict[grpc.StatusCode, ErrorKind] = {
+    grpc.StatusCode.INVALID_ARGUMENT: ErrorKind.INVALID_REQUEST,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ErrorKind.OVERLOADED,
+    grpc.StatusCode.UNAVAILABLE: ErrorKind.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: ErrorKind.DEADLINE,
+}
+
+
+def kind_for_grpc(code: grpc.StatusCode) -> ErrorKind:
+    return GRPC_TO_KIND.get(code, ErrorKind.INTERNAL)
+
+
+class GatewayError(Exception):
+    """Raised anywhere below a handler; the error middleware renders it."""
+
+    def __init__(self, kind: ErrorKind, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.param = param
+
+
+def envelope(kind: ErrorKind, message: str, param: str | None = None) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": message, "type": kind.value.type, "param": param, "code": kind.value.code}}
+    )
+
+
+def error_response(
+    kind: ErrorKind, message: str, *, param: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=kind.status,
+        body=envelope(kind, message, param),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """Render GatewayError and aiohttp's own HTTP errors in the envelope; never a traceback."""
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return error_response(exc.kind, exc.message, param=exc.param)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(ErrorKind.BODY_TOO_LARGE, "request body is larger than the gateway accepts")
+    except web.HTTPNotFound:
+        # a mistyped base URL should read clearly in an SDK's exception, not as HTML
+        return error_response(ErrorKind.NOT_FOUND, f"no route for {request.method} {request.path}")
+    except web.HTTPMethodNotAllowed:
+        return error_response(ErrorKind.METHOD_NOT_ALLOWED, f"{request.method} is not allowed on {request.path}")

@@ -1,0 +1,307 @@
+"""HTTP handlers: the OpenAI-compatible surface plus health, readiness and metrics."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from reflex.config import ResponseFormat
+from services.gateway import hit_format
+from services.gateway.cascade import BYPASS, HIT_L3, MISS, Lookup, fresh_completion_id
+from services.gateway.errors import ErrorKind, GatewayError, envelope, error_response
+from services.gateway.keys import RequestKeys, api_key_from_headers, tenant_id
+from services.gateway.protocol import parse_chat_request, wants_stream, wants_usage_chunk
+from services.gateway.state import STATE, GatewayState
+from services.gateway.streaming import StreamAssembler, is_cacheable, replay_events
+from services.gateway.upstream import passed_back_headers
+
+log = logging.getLogger("reflex.gateway")
+
+# How long /ready waits for each backend's live check: a probe must answer well inside
+# Kubernetes' default 1 s timeout only when healthy; a hung backend is reported, not waited on.
+READY_CHECK_TIMEOUT_SECS = 0.8
+
+LOOKUP = "lookup"
+REFRESH = "refresh"  # skip the lookup, store the fresh answer
+NO_STORE = "no-store"  # neither look up nor store
+
+
+def cache_mode(headers: Mapping[str, str]) -> str:
+    reflex = headers.get("X-Reflex-Cache", "").strip().lower()
+    if reflex:
+        if reflex == "bypass":
+            return NO_STORE
+        if reflex == "refresh":
+            return REFRESH
+        raise GatewayError(
+            ErrorKind.INVALID_REQUEST, "X-Reflex-Cache must be 'bypass' or 'refresh'", param="X-Reflex-Cache"
+        )
+    directives = {d.strip().lower() for d in headers.get("Cache-Control", "").split(",")}
+    if "no-store" in directives:
+        return NO_STORE
+    if "no-cache" in directives:
+        return REFRESH
+    return LOOKUP
+
+
+def requested_format(headers: Mapping[str, str], default: ResponseFormat) -> ResponseFormat:
+    value = headers.get("X-Reflex-Format", "").strip().lower()
+    if not value:
+        return default
+    try:
+        return ResponseFormat(value)
+    except ValueError:
+        raise GatewayError(
+            ErrorKind.INVALID_REQUEST, "X-Reflex-Format must be 'tauq' or 'raw'", param="X-Reflex-Format"
+        ) from None
+
+
+# ---------------------------------------------------------------------------- chat completions
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise GatewayError(
+            ErrorKind.BODY_TOO_LARGE, f"request body exceeds {state.settings.max_body_bytes} bytes"
+        ) from None
+    chat = parse_chat_request(body)
+    mode = cache_mode(request.headers)
+    fmt = requested_format(request.headers, state.settings.response_format)
+    tenant = tenant_id(api_key_from_headers(request.headers))
+    keys = RequestKeys.of(tenant, chat)
+    headers = {"X-Reflex-Tenant": tenant}
+
+    if mode == LOOKUP:
+        lookup = await state.cascade.lookup(keys)
+        headers["X-Reflex-Lookup-Ms"] = f"{lookup.lookup_ms:.3f}"
+        if lookup.entry is not None:
+            return await _serve_hit(request, state, chat, keys, lookup, fmt, headers)
+        headers["X-Reflex-Status"] = MISS
+    else:
+        lookup = Lookup(MISS)
+        headers["X-Reflex-Lookup-Ms"] = "0.000"
+        headers["X-Reflex-Status"] = BYPASS
+
+    store = mode != NO_STORE
+    if wants_stream(chat):
+        return await _relay_stream(request, state, body, keys, lookup, headers, store)
+    return await _forward(request, state, body, keys, lookup, headers, store)
+
+
+async def _serve_hit(
+    request: web.Request,
+    state: GatewayState,
+    chat: dict[str, Any],
+    keys: RequestKeys,
+    lookup: Lookup,
+    fmt: ResponseFormat,
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    assert lookup.entry is not None
+    completion = lookup.entry.completion
+    if lookup.status == HIT_L3:
+        # The cached answer was produced for another request: present it as an answer to
+        # this one (its own model name, a new id), never as a copy of someone's response.
+        completion = copy.deepcopy(completion)
+        completion["model"] = chat["model"]
+        completion["id"] = fresh_completion_id()
+        completion["created"] = int(time.time())
+        headers["X-Reflex-Similarity"] = f"{lookup.similarity:.4f}"
+        headers["X-Reflex-Verifier-Score"] = f"{lookup.verifier_score:.4f}"
+    stream = wants_stream(chat)
+    served, accounting = hit_format.format_hit(
+        completion, question=lookup.entry.question, request=chat, requested=fmt, stream=stream
+    )
+    headers["X-Reflex-Status"] = lookup.status
+    headers["X-Reflex-Tokens-Saved"] = str(accounting.tokens_saved)
+    headers["X-Reflex-Format-Delta"] = str(accounting.format_delta)
+    state.metrics.tokens_saved.labels(keys.tenant).inc(max(accounting.tokens_saved, 0))
+    if lookup.status == HIT_L3:
+        # Promote to L1 so that an exact repeat of this wording skips the models next time.
+        state.spawn(state.cascade.store(keys, lookup.entry.completion, None, l2=False))
+    if not stream:
+        return web.json_response(served, dumps=lambda o: orjson.dumps(o).decode(), headers=headers)
+    response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    await response.write(b"".join(replay_events(served, include_usage=wants_usage_chunk(chat))))
+    await response.write_eof()
+    return response
+
+
+async def _forward(
+    request: web.Request,
+    state: GatewayState,
+    body: bytes,
+    keys: RequestKeys,
+    lookup: Lookup,
+    headers: dict[str, str],
+    store: bool,
+) -> web.StreamResponse:
+    started = time.perf_counter()
+    async with state.upstream.open("POST", "/chat/completions", body=body, headers=request.headers) as reply:
+        data = await reply.read()
+        status = reply.status
+        content_type = reply.headers.get("Content-Type", "application/json")
+        passed = passed_back_headers(reply.headers)
+    state.metrics.upstream_seconds.labels("false").observe(time.perf_counter() - started)
+    response = web.Response(status=status, body=data, headers={**passed, **headers, "Content-Type": content_type})
+    # Send first, then write the cache entry: the caller never waits for the cache.
+    await response.prepare(request)
+    await response.write_eof()
+    if store:
+        completion = _cacheable_body(status, data, state)
+        if completion is not None:
+            state.spawn(state.cascade.store(keys, completion, lookup.vector))
+    return response
+
+
+def _cacheable_body(status: int, data: bytes, state: GatewayState) -> dict[str, Any] | None:
+    if status != 200:
+        state.metrics.not_cached.labels("status").inc()
+        return None
+    try:
+        completion = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        state.metrics.not_cached.labels("unreadable").inc()
+        return None
+    if not isinstance(completion, dict) or not is_cacheable(completion):
+        state.metrics.not_cached.labels("finish_reason").inc()
+        return None
+    return completion
+
+
+async def _relay_stream(
+    request: web.Request,
+    state: GatewayState,
+    body: bytes,
+    keys: RequestKeys,
+    lookup: Lookup,
+    headers: dict[str, str],
+    store: bool,
+) -> web.StreamResponse:
+    started = time.perf_counter()
+    async with state.upstream.open("POST", "/chat/completions", body=body, headers=request.headers) as reply:
+        content_type = reply.headers.get("Content-Type", "")
+        if reply.status != 200 or not content_type.startswith("text/event-stream"):
+            # an error (or a provider that ignored stream=true): pass it through as it is
+            data = await reply.read()
+            state.metrics.not_cached.labels("status" if reply.status != 200 else "not_a_stream").inc()
+            return web.Response(
+                status=reply.status,
+                body=data,
+                headers={**passed_back_headers(reply.headers), **headers, "Content-Type": content_type or "application/json"},
+            )
+        response = web.StreamResponse(
+            headers={
+                **passed_back_headers(reply.headers),
+                **headers,
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+            }
+        )
+        await response.prepare(request)
+        assembler = StreamAssembler()
+        try:
+            async for data in reply.iter_chunks():
+                assembler.feed(data)
+                await response.write(data)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Headers are gone already: tell the client in-band (the OpenAI SDK raises on an
+            # error event) and end the stream without [DONE]. Nothing is cached.
+            log.warning("upstream stream broke after %.1f s: %s", time.perf_counter() - started, type(exc).__name__)
+            state.metrics.not_cached.labels("interrupted").inc()
+            kind = ErrorKind.UPSTREAM_TIMEOUT if isinstance(exc, TimeoutError) else ErrorKind.UPSTREAM_UNREACHABLE
+            await response.write(b"data: " + envelope(kind, "the upstream stream was interrupted") + b"\n\n")
+            await response.write_eof()
+            return response
+    state.metrics.upstream_seconds.labels("true").observe(time.perf_counter() - started)
+    await response.write_eof()
+    if store:
+        completion = assembler.completion()
+        if completion is None:
+            state.metrics.not_cached.labels("incomplete_stream").inc()
+        else:
+            state.spawn(state.cascade.store(keys, completion, lookup.vector))
+    return response
+
+
+# ---------------------------------------------------------------------------- other endpoints
+
+
+async def list_models(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    async with state.upstream.open("GET", "/models", body=None, headers=request.headers) as reply:
+        data = await reply.read()
+        return web.Response(
+            status=reply.status,
+            body=data,
+            headers={**passed_back_headers(reply.headers), "Content-Type": reply.headers.get("Content-Type", "application/json")},
+        )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.draining:
+        return web.json_response({"status": "draining", "failing": ["gateway"]}, status=503)
+    components = await state.cascade.readiness(READY_CHECK_TIMEOUT_SECS)
+    failing = sorted(name for name, result in components.items() if result != "ok")
+    body = {"status": "ready" if not failing else "unavailable", "components": components, "failing": failing}
+    return web.json_response(body, status=503 if failing else 200)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.Response(body=state.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+# ---------------------------------------------------------------------------- middlewares
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    response = await handler(request)
+    if request.path == "/v1/chat/completions":
+        request.app[STATE].metrics.requests.labels(
+            response.headers.get("X-Reflex-Status", "error"), str(response.status)
+        ).inc()
+    return response
+
+
+@web.middleware
+async def bound_inflight(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """Fail fast past REFLEX_MAX_INFLIGHT instead of queueing without bound."""
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    state = request.app[STATE]
+    if state.inflight >= state.settings.max_inflight:
+        return error_response(
+            ErrorKind.OVERLOADED, "the gateway is at its concurrency limit; retry shortly", headers={"Retry-After": "1"}
+        )
+    state.inflight += 1
+    try:
+        return await handler(request)
+    finally:
+        state.inflight -= 1
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)
+

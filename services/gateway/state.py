@@ -1,0 +1,63 @@
+"""What the handlers share within one app: typed keys and the per-app state object.
+
+No module-level mutable state: everything lives on the ``web.Application``, so several
+gateways can run in one process (tests, ``reflex serve``) without sharing anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from reflex.config import Settings
+from services.gateway.cascade import Cascade, SemanticTiers
+from services.gateway.l1 import L1Cache
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.upstream import Upstream
+
+log = logging.getLogger("reflex.gateway")
+
+
+@dataclass(eq=False)
+class GatewayState:
+    settings: Settings
+    cascade: Cascade
+    upstream: Upstream
+    metrics: GatewayMetrics
+    inflight: int = 0
+    draining: bool = False
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a cache write in the background; shutdown awaits it (see ``drain``)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background cache write failed", exc_info=task.exception())
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait for the background writes pending now (and any they spawn)."""
+        while self._background:
+            done, pending = await asyncio.wait(set(self._background), timeout=timeout)
+            if pending:
+                log.warning("%d cache writes unfinished at shutdown; cancelled", len(pending))
+                for task in pending:
+                    task.cancel()
+                return
+
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", GatewayMetrics)
+UPSTREAM = web.AppKey("upstream", Upstream)  # type: ignore[type-abstract]
+L1 = web.AppKey("l1", L1Cache)  # type: ignore[type-abstract]
+TIERS = web.AppKey("tiers", SemanticTiers | None)  # type: ignore[arg-type]
+STATE = web.AppKey("state", GatewayState)

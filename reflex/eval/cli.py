@@ -1,0 +1,253 @@
+"""``reflex eval``: hit rate, false-hit rate and precision of the cache on labelled pairs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from reflex.config import Settings
+from reflex.eval.data import FOW_CACHE, Pair, PairsError, load_pairs
+from reflex.eval.embedding import EmbeddingCache, embed_texts
+from reflex.eval.metrics import Scored, sweep, sweep_grid, threshold_for_false_hit_rate
+from reflex.eval.modes import Judged, Knobs, Mode, run_cache, run_pairwise
+from reflex.eval.report import DEFINITIONS, render_text, scorer_block
+from reflex.eval.tiers import EvalTiers, open_tiers
+from services.gateway.tiers import TierUnavailable
+
+log = logging.getLogger("reflex.eval")
+
+DEFAULT_TARGETS = (0.01, 0.02, 0.05)
+# Bulk calls wait behind each other in the services' queues, so the gateway's interactive
+# deadlines (REFLEX_*_TIMEOUT_MS, about 2 s) would fail a healthy run under load.
+DEFAULT_CALL_TIMEOUT_SECS = 120.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reflex eval",
+        description="Measure the cache's hit rate on duplicates, false-hit rate on non-duplicates and "
+        "precision of hits, through the real embedder, verifier and L2 store with the configured "
+        "thresholds (REFLEX_L2_TOP_K, REFLEX_L2_MIN_SIMILARITY, REFLEX_RERANKER_THRESHOLD). "
+        "The embedder and verifier start in-process unless REFLEX_EMBEDDER_URL / REFLEX_VERIFIER_URL "
+        "are set; L2 is a throwaway Qdrant Edge shard in a temporary directory.",
+        epilog="Definitions: " + DEFINITIONS,
+    )
+    parser.add_argument(
+        "--pairs",
+        required=True,
+        help=f"JSONL file of {{\"a\", \"b\", \"duplicate\"[, \"category\"]}} (.gz allowed), "
+        f"or '{FOW_CACHE}' for the 600 question pairs bundled in the fow-cache package",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=[m.value for m in Mode],
+        default=Mode.CACHE.value,
+        help="pairwise: each b against its own a. cache (default): every a stored first, then every b "
+        "queried, so wrong entries compete; a hit on another entry counts as wrong",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="score threshold for this run (default REFLEX_RERANKER_THRESHOLD; with --verifier none, "
+        "a cosine threshold, defaulting to the one meeting the first --target-fhr)",
+    )
+    parser.add_argument(
+        "--target-fhr",
+        type=float,
+        action="append",
+        help="false-hit rate to find the threshold for (repeatable; default 0.01, 0.02, 0.05)",
+    )
+    parser.add_argument("--plot", type=Path, help="write the threshold sweep to this PNG")
+    parser.add_argument("--limit", type=int, help="evaluate a seeded random sample of N pairs")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default 0)")
+    parser.add_argument(
+        "--verifier",
+        choices=["service", "none"],
+        default="service",
+        help="none: no verifier, the nearest entry's cosine is the score (the baseline most semantic "
+        "caches ship). The cosine baseline is also reported alongside every verifier run",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=16,
+        help="Score / search calls in flight (default 16): enough to keep the verifier's batcher full, "
+        "while staying far under its queue bound",
+    )
+    parser.add_argument(
+        "--embed-chunk",
+        type=int,
+        default=256,
+        help="texts per Embed call (default 256); 4 calls are in flight, keep 4 x this under REFLEX_MAX_QUEUE",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_CALL_TIMEOUT_SECS, help="seconds per service call (default 120)"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path.home() / ".cache" / "reflex" / "eval",
+        help="where embeddings are cached between runs (default ~/.cache/reflex/eval)",
+    )
+    parser.add_argument("--no-embedding-cache", action="store_true", help="embed every text afresh")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (also off with --json or no TTY)")
+    return parser
+
+
+def main(argv: list[str], settings: Settings) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    targets = tuple(args.target_fhr or DEFAULT_TARGETS)
+    for value, name in [(args.threshold, "--threshold"), *((t, "--target-fhr") for t in targets)]:
+        if value is not None and not 0.0 <= value <= 1.0:
+            parser.error(f"{name} must be between 0 and 1 (got {value})")
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be at least 1")
+    if args.concurrency < 1 or args.embed_chunk < 1:
+        parser.error("--concurrency and --embed-chunk must be at least 1")
+    try:
+        pairs = load_pairs(args.pairs, limit=args.limit, seed=args.seed)
+    except PairsError as exc:
+        print(f"reflex eval: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = asyncio.run(evaluate(pairs, args, settings, targets))
+    except TierUnavailable as exc:
+        print(f"reflex eval: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+    else:
+        print(render_text(result))
+        if args.plot:
+            print(f"plot: {args.plot}")
+    return 0
+
+
+async def evaluate(pairs: list[Pair], args: argparse.Namespace, settings: Settings, targets: tuple[float, ...]) -> dict[str, Any]:
+    started = time.perf_counter()
+    timings: dict[str, Any] = {}
+    mode = Mode(args.mode)
+    use_verifier = args.verifier == "service"
+    progress = not (args.json or args.no_progress) and sys.stderr.isatty()
+    knobs = Knobs(
+        top_k=settings.l2_top_k,
+        min_similarity=settings.l2_min_similarity,
+        concurrency=args.concurrency,
+        timeout=args.timeout,
+        ttl_secs=settings.cache_ttl_secs,
+        progress=progress,
+    )
+    async with open_tiers(
+        settings, verifier=use_verifier, l2=mode is Mode.CACHE, call_timeout_secs=args.timeout
+    ) as tiers:
+        timings["start_s"] = time.perf_counter() - started
+        phase = time.perf_counter()
+        vectors, from_cache = await _embed(pairs, tiers, args, knobs)
+        timings["embed_s"] = time.perf_counter() - phase
+        timings["texts_embedded"] = len(vectors)
+        timings["texts_from_cache"] = from_cache
+        judged = await _judge(mode, pairs, vectors, tiers, knobs)
+        models = tiers.models
+    for name, seconds in judged.timings.items():
+        timings[f"{name}_s"] = seconds
+    timings["score_calls"] = judged.score_calls
+    timings["candidates_scored"] = judged.candidates_scored
+    timings["total_s"] = time.perf_counter() - started
+
+    categories = [p.category for p in pairs]
+    primary: Scored = judged.verifier if judged.verifier is not None else judged.cosine
+    scorer = "verifier" if judged.verifier is not None else "cosine"
+    if args.threshold is not None:
+        threshold, source = args.threshold, "--threshold"
+    elif use_verifier:
+        threshold, source = settings.reranker_threshold, "REFLEX_RERANKER_THRESHOLD"
+    else:
+        found = threshold_for_false_hit_rate(primary, targets[0])
+        threshold, source = (found, f"--target-fhr {targets[0]:g}") if found is not None else (1.0, "default 1.0")
+
+    result: dict[str, Any] = {
+        "source": args.pairs,
+        "mode": mode.value,
+        "scorer": scorer,
+        "threshold": threshold,
+        "threshold_source": source,
+        "l2_top_k": settings.l2_top_k,
+        "l2_min_similarity": settings.l2_min_similarity,
+        **scorer_block(primary, threshold, targets, categories),
+    }
+    if mode is Mode.CACHE:
+        result["entries"] = len({p.a for p in pairs})
+        result["exact_repeats"] = judged.exact_repeats
+    if judged.verifier is not None:
+        # The same run's cosines, so "cosine alone" and "verifier" are compared on equal terms.
+        baseline = scorer_block(judged.cosine, _baseline_threshold(judged, targets), targets, categories)
+        result["baseline_cosine"] = {k: v for k, v in baseline.items() if k not in ("per_category",)}
+    result["models"] = models
+    result["timings"] = timings
+    result["definitions"] = DEFINITIONS
+    if args.plot:
+        from reflex.eval.plot import plot_sweep
+
+        plot_sweep(
+            args.plot,
+            title=f"reflex eval: {Path(args.pairs).name}, {len(pairs)} pairs, {mode.value} mode",
+            scorer_label="verifier score" if scorer == "verifier" else "cosine similarity",
+            curve=sweep(primary, sweep_grid()),
+            threshold=threshold,
+            threshold_label=source,
+            scored=primary,
+            baseline=judged.cosine if judged.verifier is not None else None,
+            operating_points=[(p["target_false_hit_rate"], p["threshold"]) for p in result["operating_points"]],
+        )
+    return result
+
+
+def _baseline_threshold(judged: Judged, targets: tuple[float, ...]) -> float:
+    # The baseline has no configured threshold; its headline row sits at the first target.
+    found = threshold_for_false_hit_rate(judged.cosine, targets[0])
+    return found if found is not None else 1.0
+
+
+async def _embed(
+    pairs: list[Pair], tiers: EvalTiers, args: argparse.Namespace, knobs: Knobs
+) -> tuple[dict[str, np.ndarray], int]:
+    from tqdm import tqdm
+
+    texts = list(dict.fromkeys([p.a for p in pairs] + [p.b for p in pairs]))
+    cache = None if args.no_embedding_cache else EmbeddingCache(args.cache_dir / "embeddings.sqlite3", tiers.embedder_identity)
+    try:
+        with tqdm(total=len(texts), desc="embed", unit="text", disable=not knobs.progress, leave=False) as bar:
+            return await embed_texts(
+                tiers.embedder,
+                texts,
+                # 4 in flight: the service batches across calls, and 4 x 256 stays under the
+                # default queue bound of 1024 texts.
+                chunk_size=args.embed_chunk,
+                concurrency=4,
+                timeout=knobs.timeout,
+                cache=cache,
+                on_progress=bar.update,
+            )
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+async def _judge(
+    mode: Mode, pairs: list[Pair], vectors: dict[str, np.ndarray], tiers: EvalTiers, knobs: Knobs
+) -> Judged:
+    if mode is Mode.PAIRWISE:
+        return await run_pairwise(pairs, vectors, tiers.verifier, knobs)
+    assert tiers.l2 is not None
+    return await run_cache(pairs, vectors, tiers.l2, tiers.verifier, knobs)
+

@@ -1,0 +1,100 @@
+"""Reading labelled pairs: JSONL files (optionally gzipped) or the bundled fow-cache set."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+# `--pairs fow-cache` reads the 600 single-question pairs shipped in the fow-cache package
+# (300 should-hit, 300 traps). It is an external check the verifier is never trained on.
+FOW_CACHE = "fow-cache"
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    a: str  # the question stored in the cache
+    b: str  # the new question asked
+    duplicate: bool  # True: the answer cached for `a` is right for `b`
+    category: str | None = None
+
+
+class PairsError(ValueError):
+    """The pairs cannot be read; the message names the file and line."""
+
+
+def load_pairs(source: str, *, limit: int | None = None, seed: int = 0) -> list[Pair]:
+    """All pairs from ``source`` (a path, or ``fow-cache``).
+
+    With ``limit``, a seeded random sample of that many pairs, kept in file order. A sample
+    rather than the first N because labelled files are often grouped or sorted (by label,
+    by source), and the head of such a file would not be representative; the seed keeps
+    the same sample from run to run so results stay comparable.
+    """
+    pairs = _load_fow_cache() if source == FOW_CACHE else list(_read_jsonl(Path(source)))
+    if not pairs:
+        raise PairsError(f"{source}: no pairs")
+    if limit is not None and limit < len(pairs):
+        keep = sorted(random.Random(seed).sample(range(len(pairs)), limit))
+        pairs = [pairs[i] for i in keep]
+    return pairs
+
+
+def _open_text(path: Path) -> Iterable[str]:
+    # gzip is detected by its magic bytes, not the name, so a renamed file still reads.
+    with path.open("rb") as raw:
+        magic = raw.read(2)
+    if magic == b"\x1f\x8b":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open("r", encoding="utf-8")
+
+
+def _read_jsonl(path: Path) -> Iterator[Pair]:
+    if not path.is_file():
+        raise PairsError(f"{path}: no such file")
+    try:
+        with _open_text(path) as lines:  # type: ignore[attr-defined]
+            for lineno, line in enumerate(lines, 1):
+                if line.strip():
+                    yield parse_pair(line, where=f"{path}:{lineno}")
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise PairsError(f"{path}: cannot read ({exc})") from exc
+
+
+def parse_pair(line: str, *, where: str) -> Pair:
+    """One JSONL line ``{"a", "b", "duplicate"[, "category"]}``; raise PairsError naming ``where``."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise PairsError(f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise PairsError(f"{where}: expected a JSON object with keys a, b, duplicate")
+    for key in ("a", "b"):
+        if not isinstance(obj.get(key), str) or not obj[key].strip():
+            raise PairsError(f"{where}: {key!r} must be a non-empty string")
+    duplicate = obj.get("duplicate")
+    # 0/1 is accepted because many exports of QQP-style data label with integers.
+    if isinstance(duplicate, bool):
+        pass
+    elif isinstance(duplicate, int) and duplicate in (0, 1):
+        duplicate = bool(duplicate)
+    else:
+        raise PairsError(f"{where}: 'duplicate' must be true or false (got {duplicate!r})")
+    category = obj.get("category")
+    if category is not None and not isinstance(category, str):
+        raise PairsError(f"{where}: 'category' must be a string when present")
+    return Pair(a=obj["a"], b=obj["b"], duplicate=duplicate, category=category or None)
+
+
+def _load_fow_cache() -> list[Pair]:
+    try:
+        from fow_cache.data import load_questions
+    except ImportError:
+        raise PairsError("fow-cache: the fow-cache package is not installed (pip install fow-cache)") from None
+    return [
+        Pair(a=q["a"], b=q["b"], duplicate=bool(q["same_answer"]), category=q.get("category"))
+        for q in load_questions()
+    ]

@@ -1,0 +1,232 @@
+"""The two ways of measuring: each pair alone (pairwise), or every pair against a full cache.
+
+Both end in one ``Scored`` row per pair for the verifier and one for the cosine baseline
+(what a cache without a verifier would serve: the nearest entry, if its cosine reaches the
+threshold). The baseline costs nothing extra, since the cosines are computed anyway, and
+comparing the two from the same run keeps the comparison fair.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+import blake3
+import numpy as np
+from tqdm import tqdm
+
+from reflex.eval.aio import map_bounded, retry_overloaded
+from reflex.eval.data import Pair
+from reflex.eval.metrics import NO_CANDIDATE, Scored
+from services.gateway.entry import CachedEntry
+from services.gateway.tiers import L2Candidate, L2Store, Verifier
+
+# All entries go in one tenant, model and context, as they would for one busy user: the
+# point of cache mode is that every stored question competes for every query.
+EVAL_TENANT = blake3.blake3(b"reflex-eval").hexdigest()
+EVAL_MODEL = "reflex-eval"
+EVAL_CONTEXT = blake3.blake3(b"").hexdigest()
+
+
+class Mode(str, Enum):
+    PAIRWISE = "pairwise"
+    CACHE = "cache"
+
+
+@dataclass(frozen=True, slots=True)
+class Knobs:
+    """The configured cache behaviour under test, and how hard the harness drives the services."""
+
+    top_k: int
+    min_similarity: float  # the L2 cosine floor: below it a candidate never reaches the verifier
+    concurrency: int  # Score/search/upsert calls in flight
+    timeout: float  # per call; bulk calls queue behind each other, so far above the gateway's
+    ttl_secs: int
+    progress: bool
+
+
+@dataclass(slots=True)
+class Judged:
+    verifier: Scored | None  # None with --verifier none
+    cosine: Scored
+    exact_repeats: int = 0  # cache mode: queries whose exact text is a stored question
+    score_calls: int = 0
+    candidates_scored: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def cosine(u: np.ndarray, v: np.ndarray) -> float:
+    # Normalised here too, as Qdrant's cosine distance does, so a pair's pairwise cosine is
+    # the similarity L2 would report for it.
+    return float(np.dot(u, v) / (np.linalg.norm(u) * np.linalg.norm(v)))
+
+
+def _bar(desc: str, total: int, knobs: Knobs, unit: str = "call") -> tqdm:
+    return tqdm(total=total, desc=desc, unit=unit, disable=not knobs.progress, leave=False, dynamic_ncols=True)
+
+
+async def _score_all(
+    verifier: Verifier, requests: Sequence[tuple[str, tuple[str, ...]]], knobs: Knobs, desc: str
+) -> dict[tuple[str, tuple[str, ...]], list[float]]:
+    """One Score call per distinct (query, candidates), many in flight so the verifier's batcher fills."""
+    distinct = list(dict.fromkeys(r for r in requests if r[1]))
+    with _bar(desc, len(distinct), knobs) as bar:
+
+        async def one(request: tuple[str, tuple[str, ...]]) -> list[float]:
+            query, candidates = request
+            scores = await retry_overloaded(lambda: verifier.score(query, candidates, timeout=knobs.timeout))
+            if len(scores) != len(candidates):
+                raise RuntimeError(f"verifier returned {len(scores)} scores for {len(candidates)} candidates")
+            return [float(s) for s in scores]
+
+        results = await map_bounded(one, distinct, concurrency=knobs.concurrency, on_done=lambda *_: bar.update())
+    return dict(zip(distinct, results, strict=True))
+
+
+async def run_pairwise(
+    pairs: Sequence[Pair], vectors: dict[str, np.ndarray], verifier: Verifier | None, knobs: Knobs
+) -> Judged:
+    """Each ``b`` against its own ``a``: the cosine floor first, then Score(b, [a])."""
+    cos = [cosine(vectors[p.a], vectors[p.b]) for p in pairs]
+    passes = [c >= knobs.min_similarity for c in cos]
+    duplicate = [p.duplicate for p in pairs]
+    # Serving a's answer is right exactly when the pair is a duplicate.
+    cosine_scored = Scored.build([c if ok else NO_CANDIDATE for c, ok in zip(cos, passes, strict=True)], duplicate, duplicate)
+    judged = Judged(verifier=None, cosine=cosine_scored)
+    if verifier is None:
+        return judged
+    started = time.perf_counter()
+    requests = [(p.b, (p.a,)) for p, ok in zip(pairs, passes, strict=True) if ok]
+    scores = await _score_all(verifier, requests, knobs, "score")
+    judged.timings["score"] = time.perf_counter() - started
+    judged.score_calls = len(scores)
+    judged.candidates_scored = len(scores)
+    verifier_score = [scores[(p.b, (p.a,))][0] if ok else NO_CANDIDATE for p, ok in zip(pairs, passes, strict=True)]
+    judged.verifier = Scored.build(verifier_score, duplicate, duplicate)
+    return judged
+
+
+def entry_id_for(question: str) -> str:
+    # Identical stored questions are one entry, as in a real cache where the second identical
+    # request would be an L1 hit rather than a new entry.
+    return blake3.blake3(question.encode()).hexdigest()
+
+
+async def fill_cache(pairs: Sequence[Pair], vectors: dict[str, np.ndarray], store: L2Store, knobs: Knobs) -> int:
+    """Store every distinct ``a``; returns how many entries were written."""
+    questions = list(dict.fromkeys(p.a for p in pairs))
+    with _bar("store", len(questions), knobs, unit="entry") as bar:
+
+        async def upsert(question: str) -> None:
+            entry_id = entry_id_for(question)
+            entry = CachedEntry(entry_id=entry_id, completion={}, question=question)
+            await retry_overloaded(
+                lambda: store.upsert(
+                    entry_id=entry_id,
+                    tenant=EVAL_TENANT,
+                    model=EVAL_MODEL,
+                    context_hash=EVAL_CONTEXT,
+                    question=question,
+                    vector=vectors[question].tolist(),
+                    entry=entry.to_bytes(),
+                    ttl_secs=knobs.ttl_secs,
+                )
+            )
+
+        await map_bounded(upsert, questions, concurrency=knobs.concurrency, on_done=lambda *_: bar.update())
+    return len(questions)
+
+
+def served_is_right(pair: Pair, served_question: str) -> bool:
+    """Whether the answer cached for ``served_question`` is right for ``pair.b``.
+
+    * the pair's own ``a`` (or a stored question textually identical to it, which is the
+      same entry): right exactly when the pair is labelled a duplicate;
+    * a stored question textually identical to ``b`` itself: right, whatever the label,
+      because it is the very question asked (QQP repeats questions across pairs: 12% of its
+      ``b``s are some other pair's ``a``; in production these are L1 exact hits);
+    * any other entry: wrong, even on a duplicate pair. The label says nothing about that
+      entry, so we count the worst case: a hit the verifier cannot justify from the labels.
+    """
+    if served_question == pair.b:
+        return True
+    if served_question == pair.a:
+        return pair.duplicate
+    return False
+
+
+async def run_cache(
+    pairs: Sequence[Pair],
+    vectors: dict[str, np.ndarray],
+    store: L2Store,
+    verifier: Verifier | None,
+    knobs: Knobs,
+) -> Judged:
+    """Every ``a`` stored first; then every ``b``: top-k search -> one Score call -> best >= threshold."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    await fill_cache(pairs, vectors, store, knobs)
+    timings["store"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    queries = list(dict.fromkeys(p.b for p in pairs))
+    with _bar("search", len(queries), knobs, unit="query") as bar:
+
+        async def search(query: str) -> list[L2Candidate]:
+            return await retry_overloaded(
+                lambda: store.search(
+                    tenant=EVAL_TENANT,
+                    model=EVAL_MODEL,
+                    context_hash=EVAL_CONTEXT,
+                    vector=vectors[query].tolist(),
+                    top_k=knobs.top_k,
+                    min_similarity=knobs.min_similarity,
+                )
+            )
+
+        found = await map_bounded(search, queries, concurrency=knobs.concurrency, on_done=lambda *_: bar.update())
+    candidates = dict(zip(queries, found, strict=True))
+    timings["search"] = time.perf_counter() - started
+
+    stored = {p.a for p in pairs}
+    duplicate = [p.duplicate for p in pairs]
+    exact_repeats = sum(1 for p in pairs if p.b in stored)
+
+    def nearest(query: str) -> L2Candidate | None:
+        cands = candidates[query]
+        return max(cands, key=lambda c: c.similarity) if cands else None
+
+    top = [nearest(p.b) for p in pairs]
+    cosine_scored = Scored.build(
+        [c.similarity if c else NO_CANDIDATE for c in top],
+        [served_is_right(p, c.question) if c else False for p, c in zip(pairs, top, strict=True)],
+        duplicate,
+    )
+    judged = Judged(verifier=None, cosine=cosine_scored, exact_repeats=exact_repeats, timings=timings)
+    if verifier is None:
+        return judged
+
+    started = time.perf_counter()
+    requests = {q: (q, tuple(c.question for c in candidates[q])) for q in queries}
+    scores = await _score_all(verifier, list(requests.values()), knobs, "score")
+    timings["score"] = time.perf_counter() - started
+    judged.score_calls = len(scores)
+    judged.candidates_scored = sum(len(r[1]) for r in scores)
+
+    best_score: list[float] = []
+    right: list[bool] = []
+    for pair in pairs:
+        request = requests[pair.b]
+        if not request[1]:
+            best_score.append(NO_CANDIDATE)
+            right.append(False)
+            continue
+        query_scores = scores[request]
+        # The best score is served; on a tie the earlier (more similar) candidate wins.
+        best = int(np.argmax(query_scores))
+        best_score.append(query_scores[best])
+        right.append(served_is_right(pair, candidates[pair.b][best].question))
+    judged.verifier = Scored.build(best_score, right, duplicate)
+    return judged

@@ -1,0 +1,59 @@
+"""The EmbedderService servicer: request validation and proto conversion around the batcher."""
+
+from __future__ import annotations
+
+import grpc
+
+from reflex.embedder.v1 import embedder_pb2, embedder_pb2_grpc
+from services.common.errors import InvalidInput
+from services.common.grpc_server import ModelServer, ServiceSpec
+from services.embedder.model import EmbeddingModel, load_embedding_model
+
+GRPC_SERVICE = embedder_pb2.DESCRIPTOR.services_by_name["EmbedderService"].full_name
+DEFAULT_PORT = 50051
+
+
+class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
+    def __init__(self, server: ModelServer[EmbeddingModel]) -> None:
+        self._server = server
+
+    async def Embed(self, request: embedder_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+                    ) -> embedder_pb2.EmbedResponse:
+        async def run() -> embedder_pb2.EmbedResponse:
+            if not request.texts:
+                raise InvalidInput("texts is empty")
+            vectors, timing = await self._server.require_batcher().submit(list(request.texts))
+            return embedder_pb2.EmbedResponse(
+                vectors=[embedder_pb2.Vector(values=v.tolist()) for v in vectors],
+                timing=embedder_pb2.Timing(queue_time_ns=timing.queue_ns, tokenize_time_ns=timing.tokenize_ns,
+                                           inference_time_ns=timing.inference_ns),
+            )
+
+        return await self._server.handle("Embed", context, run)
+
+    async def Info(self, request: embedder_pb2.InfoRequest, context: grpc.aio.ServicerContext
+                   ) -> embedder_pb2.InfoResponse:
+        async def run() -> embedder_pb2.InfoResponse:
+            model = self._server.require_backend()
+            return embedder_pb2.InfoResponse(
+                model_name=model.name, dimension=model.dimension, max_tokens=model.max_tokens,
+                device=str(model.runtime.device), dtype=model.runtime.dtype_name,
+                max_batch_size=self._server.settings.max_batch_size,
+            )
+
+        return await self._server.handle("Info", context, run)
+
+
+def _register(server: grpc.aio.Server, model_server: ModelServer[EmbeddingModel]) -> None:
+    embedder_pb2_grpc.add_EmbedderServiceServicer_to_server(EmbedderServicer(model_server), server)
+
+
+EMBEDDER_SPEC: ServiceSpec[EmbeddingModel] = ServiceSpec(
+    name="embedder",
+    grpc_service=GRPC_SERVICE,
+    default_port=DEFAULT_PORT,
+    register=_register,
+    load_backend=load_embedding_model,
+    # Short and long rows, so the warm-up touches the padding path the real traffic takes.
+    warmup_items=("warm-up", "Reflex warms the embedder with one small batch before it reports SERVING."),
+)

@@ -1,0 +1,171 @@
+"""The gateway's gRPC clients for the model services (``Embedder`` / ``Verifier`` in tiers.py).
+
+One long-lived channel per service. The target is any gRPC target string:
+``127.0.0.1:50051``, ``dns:///reflex-embedder:50051`` (a Kubernetes headless Service: one
+address per pod) or ``ipv4:127.0.0.1:5001,127.0.0.1:5002`` (local replicas). The channel
+always uses the ``round_robin`` policy: the default ``pick_first`` would send every call over
+one HTTP/2 connection to one replica, however many the name resolves to.
+
+Every call has a deadline, and every gRPC failure becomes ``TierUnavailable(component,
+reason)``: the gateway then serves the request as a plain miss instead of failing it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from reflex.config import Settings
+from reflex.embedder.v1 import embedder_pb2, embedder_pb2_grpc
+from reflex.verifier.v1 import verifier_pb2, verifier_pb2_grpc
+from services.gateway.tiers import TierUnavailable
+
+log = logging.getLogger("reflex.gateway.models")
+
+_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+# A model replica that restarts (rollout, OOM kill) should get traffic again within seconds;
+# gRPC's default reconnect backoff grows to 120 s. Capping it at 2 s costs at most one
+# connection attempt per address every 2 s while a replica is down.
+_CHANNEL_OPTIONS: list[tuple[str, object]] = [
+    ("grpc.service_config", _SERVICE_CONFIG),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    # Re-resolve DNS (new pods behind a headless Service) at most every 5 s, not every 30 s.
+    ("grpc.dns_min_time_between_resolutions_ms", 5000),
+    # Keepalive finds a dead peer (a node gone without a FIN) on an idle channel.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+]
+
+# gRPC status -> TierUnavailable.reason (low-cardinality metric label on the gateway side).
+_REASON_BY_STATUS: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.DEADLINE_EXCEEDED: "timeout",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded",
+    grpc.StatusCode.UNAVAILABLE: "unavailable",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTiming:
+    """The server's own account of one call (see Timing in the protos), in seconds."""
+
+    queue_s: float
+    tokenize_s: float
+    inference_s: float
+
+    @classmethod
+    def from_proto(cls, timing: embedder_pb2.Timing | verifier_pb2.Timing) -> "ServerTiming":
+        return cls(timing.queue_time_ns / 1e9, timing.tokenize_time_ns / 1e9, timing.inference_time_ns / 1e9)
+
+
+# Called after every successful call with (component, timing), e.g. to feed the gateway's
+# histograms. A callback rather than a "last timing" attribute: calls run concurrently.
+TimingCallback = Callable[[str, ServerTiming], None]
+
+
+def _to_tier_unavailable(component: str, exc: grpc.aio.AioRpcError) -> TierUnavailable:
+    reason = _REASON_BY_STATUS.get(exc.code(), "error")
+    return TierUnavailable(component, reason, f"{exc.code().name}: {exc.details() or ''}".strip())
+
+
+class _GrpcModelClient:
+    component: str
+    grpc_service: str
+
+    def __init__(self, target: str, *, on_timing: TimingCallback | None = None,
+                 check_timeout: float = 2.0) -> None:
+        self.target = target
+        self._on_timing = on_timing
+        self._check_timeout = check_timeout
+        self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def _report(self, timing: embedder_pb2.Timing | verifier_pb2.Timing) -> ServerTiming:
+        server_timing = ServerTiming.from_proto(timing)
+        log.debug("%s timing: queue %.2f ms, tokenize %.2f ms, inference %.2f ms", self.component,
+                  server_timing.queue_s * 1e3, server_timing.tokenize_s * 1e3, server_timing.inference_s * 1e3)
+        if self._on_timing is not None:
+            self._on_timing(self.component, server_timing)
+        return server_timing
+
+    async def check(self) -> None:
+        """Raise TierUnavailable unless (one replica of) the service reports SERVING."""
+        try:
+            reply = await self._health.Check(
+                health_pb2.HealthCheckRequest(service=self.grpc_service), timeout=self._check_timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _to_tier_unavailable(self.component, exc) from exc
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            raise TierUnavailable(self.component, "unavailable",
+                                  health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+class GrpcEmbedder(_GrpcModelClient):
+    """``Embedder`` over gRPC."""
+
+    component = "embedder"
+    grpc_service = embedder_pb2.DESCRIPTOR.services_by_name["EmbedderService"].full_name
+
+    def __init__(self, target: str, *, on_timing: TimingCallback | None = None, check_timeout: float = 2.0) -> None:
+        super().__init__(target, on_timing=on_timing, check_timeout=check_timeout)
+        self._stub = embedder_pb2_grpc.EmbedderServiceStub(self._channel)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, target: str | None = None,
+                      on_timing: TimingCallback | None = None) -> "GrpcEmbedder":
+        target = target or settings.embedder_url
+        if not target:
+            raise ValueError("REFLEX_EMBEDDER_URL is unset and no target was given")
+        return cls(target, on_timing=on_timing, check_timeout=settings.embedder_timeout_ms / 1000)
+
+    async def embed(self, texts: Sequence[str], *, timeout: float) -> list[list[float]]:
+        try:
+            reply = await self._stub.Embed(embedder_pb2.EmbedRequest(texts=list(texts)), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _to_tier_unavailable(self.component, exc) from exc
+        if len(reply.vectors) != len(texts):
+            raise TierUnavailable(self.component, "error", f"{len(reply.vectors)} vectors for {len(texts)} texts")
+        self._report(reply.timing)
+        return [list(v.values) for v in reply.vectors]
+
+
+class GrpcVerifier(_GrpcModelClient):
+    """``Verifier`` over gRPC: all candidates in one Score call."""
+
+    component = "verifier"
+    grpc_service = verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name
+
+    def __init__(self, target: str, *, on_timing: TimingCallback | None = None, check_timeout: float = 2.0) -> None:
+        super().__init__(target, on_timing=on_timing, check_timeout=check_timeout)
+        self._stub = verifier_pb2_grpc.VerifierServiceStub(self._channel)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, target: str | None = None,
+                      on_timing: TimingCallback | None = None) -> "GrpcVerifier":
+        target = target or settings.verifier_url
+        if not target:
+            raise ValueError("REFLEX_VERIFIER_URL is unset and no target was given")
+        return cls(target, on_timing=on_timing, check_timeout=settings.verifier_timeout_ms / 1000)
+
+    async def score(self, query: str, candidates: Sequence[str], *, timeout: float) -> list[float]:
+        try:
+            reply = await self._stub.Score(
+                verifier_pb2.ScoreRequest(query=query, candidates=list(candidates)), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _to_tier_unavailable(self.component, exc) from exc
+        if len(reply.scores) != len(candidates):
+            raise TierUnavailable(self.component, "error", f"{len(reply.scores)} scores for {len(candidates)} candidates")
+        self._report(reply.timing)
+        return list(reply.scores)

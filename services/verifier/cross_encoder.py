@@ -1,0 +1,97 @@
+"""The verifier's model runner: any ``*ForSequenceClassification`` cross-encoder directory.
+
+A (query, candidate) pair goes through the model as one sequence; the output is turned into
+a probability that both ask the same thing: sigmoid(logit) for a one-logit head (how
+sentence-transformers' CrossEncoder is trained), softmax(...)[1] for a two-class head
+(``LABEL_1`` = duplicate, as in QQP-style classifiers).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+import services.verifier
+from reflex.config import Settings
+from services.common.encoding import Encoding, collate_padded
+from services.common.torch_runtime import Runtime, choose_runtime, local_model_dir, model_name
+
+log = logging.getLogger("reflex.verifier")
+
+Pair = tuple[str, str]
+
+# Bound on characters kept per side before tokenizing; see services.embedder.model.
+CHARS_PER_TOKEN_BOUND = 64
+
+
+def default_model_path() -> Path:
+    """The cross-encoder shipped inside the package (services/verifier/model/)."""
+    return Path(services.verifier.__file__).resolve().parent / "model"
+
+
+def resolve_model_path(settings: Settings) -> Path:
+    if settings.reranker_path is not None:
+        return local_model_dir(settings.reranker_path, what="verifier", setting="REFLEX_RERANKER_PATH")
+    shipped = default_model_path()
+    if not (shipped / "config.json").is_file():
+        raise FileNotFoundError(
+            f"verifier: no model. REFLEX_RERANKER_PATH is unset and the shipped model {shipped} is missing "
+            "(train it with `reflex train-verifier`); set REFLEX_RERANKER_PATH to any cross-encoder "
+            "(*ForSequenceClassification) directory"
+        )
+    return local_model_dir(shipped, what="verifier", setting="REFLEX_RERANKER_PATH")
+
+
+class CrossEncoderModel:
+    """A ModelBackend (services.common.batching) for (query, candidate) -> probability."""
+
+    def __init__(self, path: Path, settings: Settings, runtime: Runtime | None = None) -> None:
+        self.path = path
+        self.name = model_name(path)
+        self.runtime = runtime or choose_runtime(settings)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            path, local_files_only=True, dtype=self.runtime.dtype
+        )
+        self.model.to(self.runtime.device).eval()
+        self.num_labels = int(self.model.config.num_labels)
+        if self.num_labels not in (1, 2):
+            raise ValueError(f"verifier: {path} has {self.num_labels} labels; a cross-encoder has 1 or 2")
+        limits = [settings.max_seq_length, getattr(self.model.config, "max_position_embeddings", None)]
+        self.max_tokens = min(x for x in limits if x)
+        self._pad_id = self.tokenizer.pad_token_id or 0
+        self._uses_token_types = "token_type_ids" in self.tokenizer.model_input_names
+        log.info("verifier: %s (%d label%s, %d tokens) on %s/%s", self.name, self.num_labels,
+                 "" if self.num_labels == 1 else "s", self.max_tokens, self.runtime.device, self.runtime.dtype_name)
+
+    # ------------------------------------------------------------------ ModelBackend
+    def tokenize(self, pairs: Sequence[Pair]) -> list[Encoding]:
+        limit = self.max_tokens * CHARS_PER_TOKEN_BOUND
+        enc = self.tokenizer([q[:limit] for q, _ in pairs], [c[:limit] for _, c in pairs], truncation=True,
+                             max_length=self.max_tokens, padding=False, return_attention_mask=False,
+                             return_token_type_ids=self._uses_token_types)
+        types = enc.get("token_type_ids") if self._uses_token_types else None
+        return [Encoding(ids, types[i] if types is not None else None) for i, ids in enumerate(enc["input_ids"])]
+
+    def num_tokens(self, encoding: Encoding) -> int:
+        return len(encoding.input_ids)
+
+    def collate(self, encodings: Sequence[Encoding]) -> dict[str, torch.Tensor]:
+        return collate_padded(encodings, self._pad_id)
+
+    @torch.inference_mode()
+    def forward(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        device = self.runtime.device
+        inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        logits = self.model(**inputs).logits.float()
+        probs = torch.sigmoid(logits[:, 0]) if self.num_labels == 1 else torch.softmax(logits, dim=-1)[:, 1]
+        return probs.cpu().numpy()
+
+
+def load_cross_encoder(settings: Settings) -> CrossEncoderModel:
+    return CrossEncoderModel(resolve_model_path(settings), settings)

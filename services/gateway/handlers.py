@@ -155,11 +155,14 @@ async def _forward(
         passed = passed_back_headers(reply.headers)
     state.metrics.upstream_seconds.labels("false").observe(time.perf_counter() - started)
     response = web.Response(status=status, body=data, headers={**passed, **headers, "Content-Type": content_type})
-    # Send first, then write the cache entry: the caller never waits for the cache.
-    await response.prepare(request)
-    await response.write_eof()
-    if store:
-        completion = _cacheable_body(status, data, state)
+    completion = _cacheable_body(status, data, state) if store else None
+    # Send first, then write the cache entry: the caller never waits for the cache. The
+    # write is spawned even if the caller hangs up while the last bytes go out (the
+    # handler is then cancelled): the provider's answer was complete and is paid for.
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    finally:
         if completion is not None:
             state.spawn(state.cascade.store(keys, completion, lookup.vector))
     return response
@@ -214,7 +217,15 @@ async def _relay_stream(
         try:
             async for data in reply.iter_chunks():
                 assembler.feed(data)
-                await response.write(data)
+                try:
+                    await response.write(data)
+                finally:
+                    # SDKs hang up as soon as they read [DONE], which cancels this handler
+                    # (handler_cancellation): decide about caching before that can happen.
+                    if assembler.done:
+                        _store_stream(state, keys, lookup, assembler, store)
+                if assembler.done:
+                    break  # nothing meaningful follows [DONE]; don't wait for the upstream's EOF
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Headers are gone already: tell the client in-band (the OpenAI SDK raises on an
             # error event) and end the stream without [DONE]. Nothing is cached.
@@ -225,14 +236,21 @@ async def _relay_stream(
             await response.write_eof()
             return response
     state.metrics.upstream_seconds.labels("true").observe(time.perf_counter() - started)
+    if not assembler.done:
+        # the upstream closed cleanly but without [DONE]: a truncated answer
+        state.metrics.not_cached.labels("incomplete_stream").inc()
     await response.write_eof()
-    if store:
-        completion = assembler.completion()
-        if completion is None:
-            state.metrics.not_cached.labels("incomplete_stream").inc()
-        else:
-            state.spawn(state.cascade.store(keys, completion, lookup.vector))
     return response
+
+
+def _store_stream(state: GatewayState, keys: RequestKeys, lookup: Lookup, assembler: StreamAssembler, store: bool) -> None:
+    if not store:
+        return
+    completion = assembler.completion()
+    if completion is None:
+        state.metrics.not_cached.labels("finish_reason").inc()
+    else:
+        state.spawn(state.cascade.store(keys, completion, lookup.vector))
 
 
 # ---------------------------------------------------------------------------- other endpoints

@@ -56,8 +56,8 @@ class GatewayServer:
         return self.port
 
     async def flush(self) -> None:
-        """Wait for the cache writes in flight (tests and benchmarks use it)."""
-        await self.app[STATE].drain()
+        """Wait for in-flight requests and their cache writes (tests and benchmarks use it)."""
+        await self.app[STATE].settle()
 
     async def stop(self) -> None:
         if self._runner is None:

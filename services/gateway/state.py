@@ -44,6 +44,18 @@ class GatewayState:
         if not task.cancelled() and task.exception() is not None:
             log.error("background cache write failed", exc_info=task.exception())
 
+    async def settle(self) -> None:
+        """Wait until no request is in flight and no cache write is pending.
+
+        A client may have read a stream's last byte before its handler spawned the write;
+        tests and benchmarks call this between "the answer arrived" and "look it up again".
+        """
+        while self.inflight or self._background:
+            if self._background:
+                await asyncio.wait(set(self._background))
+            else:
+                await asyncio.sleep(0.001)
+
     async def drain(self, timeout: float | None = None) -> None:
         """Wait for the background writes pending now (and any they spawn)."""
         while self._background:

@@ -1,0 +1,58 @@
+"""L2: the vector store behind the semantic tier (see ``services/gateway/tiers.py::L2Store``).
+
+Two backends, one interface, one test suite (``tests/l2/``):
+
+- ``EdgeL2Store`` (default): an embedded Qdrant Edge shard under
+  ``REFLEX_STORAGE_PATH / REFLEX_QDRANT_COLLECTION``;
+- ``RemoteL2Store``: a Qdrant server or cluster at ``REFLEX_QDRANT_URL``.
+
+The vector dimension is an argument of ``open_l2_store`` rather than something learned on the
+first write: the gateway reads it from the embedder's ``Info`` before it serves, so the store and
+its index exist before the first search (no "empty until first write" case), and a shard or
+collection built for another model fails at start-up with a clear message instead of on a request.
+"""
+
+from __future__ import annotations
+
+from qdrant_client import AsyncQdrantClient
+
+from reflex.config import Settings
+from services.gateway.l2.edge import EdgeL2Store
+from services.gateway.l2.remote import RemoteL2Store
+from services.gateway.tiers import L2Store
+
+__all__ = ["EdgeL2Store", "RemoteL2Store", "open_l2_store"]
+
+
+async def open_l2_store(settings: Settings, dimension: int) -> L2Store:
+    """Open the L2 store the settings name, for vectors of ``dimension`` (the embedder's Info).
+
+    Raises TierUnavailable when the store cannot be opened (server unreachable, a shard or
+    collection holding another dimension). Close it with ``await store.close()``.
+    """
+    if dimension <= 0:
+        raise ValueError(f"dimension must be positive, got {dimension}")
+    timeout_secs = settings.l2_timeout_ms / 1000
+    if settings.qdrant_url:
+        client = AsyncQdrantClient(
+            url=settings.qdrant_url,
+            api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+            # the HTTP client's own limit, whole seconds; our per-call deadline is tighter
+            timeout=max(1, int(timeout_secs + 0.999)),
+        )
+        return await RemoteL2Store.open(
+            client,
+            settings.qdrant_collection,
+            dimension,
+            oversampling=settings.l2_oversampling,
+            timeout_secs=timeout_secs,
+            purge_interval_secs=settings.l2_purge_interval_secs,
+        )
+    return await EdgeL2Store.open(
+        settings.storage_path / settings.qdrant_collection,
+        dimension,
+        oversampling=settings.l2_oversampling,
+        timeout_secs=timeout_secs,
+        purge_interval_secs=settings.l2_purge_interval_secs,
+        optimize_every_points=settings.l2_edge_optimize_points,
+    )

@@ -18,6 +18,7 @@ from services.gateway.errors import error_middleware
 from services.gateway.handlers import add_routes, bound_inflight, count_requests
 from services.gateway.l1 import open_l1
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.semantic import LazyL2Store, grpc_clients
 from services.gateway.state import L1, METRICS, SETTINGS, STATE, TIERS, UPSTREAM, GatewayState
 from services.gateway.tiers import Embedder, L2Store, Verifier
 from services.gateway.upstream import open_upstream
@@ -59,7 +60,7 @@ def create_app(
 
     async def tiers_ctx(app: web.Application) -> AsyncIterator[None]:
         owned: list[Embedder | Verifier | L2Store] = []
-        app[TIERS] = _semantic_tiers(settings, embedder, verifier, l2, owned)
+        app[TIERS] = await _semantic_tiers(settings, app[METRICS], embedder, verifier, l2, owned)
         yield
         for tier in reversed(owned):
             await tier.close()
@@ -77,8 +78,9 @@ def create_app(
     return app
 
 
-def _semantic_tiers(
+async def _semantic_tiers(
     settings: Settings,
+    metrics: GatewayMetrics,
     embedder: Embedder | None,
     verifier: Verifier | None,
     l2: L2Store | None,
@@ -87,30 +89,28 @@ def _semantic_tiers(
     if not settings.semantic:
         log.info("semantic tiers off (REFLEX_SEMANTIC=0): exact L1 only")
         return None
-    if embedder is None and settings.embedder_url:
-        embedder = _grpc_client("GrpcEmbedder", settings.embedder_url, settings.embedder_timeout_ms)
-        owned.append(embedder)
-    if verifier is None and settings.verifier_url:
-        verifier = _grpc_client("GrpcVerifier", settings.verifier_url, settings.verifier_timeout_ms)
-        owned.append(verifier)
     if embedder is None or verifier is None:
+        built_embedder, built_verifier = grpc_clients(
+            settings, metrics, embedder=embedder is None, verifier=verifier is None
+        )
+        owned.extend(t for t in (built_embedder, built_verifier) if t is not None)
+        embedder = embedder or built_embedder
+        verifier = verifier or built_verifier
+    if embedder is None or verifier is None:
+        missing = [n for n, t in (("embedder", embedder), ("verifier", verifier)) if t is None]
         log.info(
             "semantic tiers off: no %s (set REFLEX_EMBEDDER_URL and REFLEX_VERIFIER_URL, or run `reflex serve`); "
             "exact L1 only",
-            " and no ".join(n for n, t in (("embedder", embedder), ("verifier", verifier)) if t is None),
+            " and no ".join(missing),
         )
         return None
     if l2 is None:
-        from services.gateway.l2 import open_l2_store  # the L2 engineer's module; imported only when used
-
-        l2 = open_l2_store(settings)
-        owned.append(l2)
-    log.info("semantic tiers on: L2 top_k=%d floor=%.2f, L3 threshold=%.2f",
-             settings.l2_top_k, settings.l2_min_similarity, settings.reranker_threshold)
+        lazy = LazyL2Store(settings, embedder)
+        await lazy.open_now()
+        owned.append(lazy)
+        l2 = lazy
+    log.info(
+        "semantic tiers on: L2 top_k=%d floor=%.2f, L3 threshold=%.2f",
+        settings.l2_top_k, settings.l2_min_similarity, settings.reranker_threshold,
+    )
     return SemanticTiers(embedder=embedder, verifier=verifier, l2=l2)
-
-
-def _grpc_client(class_name: str, target: str, timeout_ms: int) -> Embedder | Verifier:
-    from services.gateway import model_clients  # imported lazily: grpc stubs are only needed here
-
-    return getattr(model_clients, class_name)(target, timeout_ms=timeout_ms)

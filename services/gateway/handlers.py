@@ -93,9 +93,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         headers["X-Reflex-Status"] = BYPASS
 
     store = mode != NO_STORE
-    if wants_stream(chat):
-        return await _relay_stream(request, state, body, keys, lookup, headers, store)
-    return await _forward(request, state, body, keys, lookup, headers, store)
+    try:
+        if wants_stream(chat):
+            return await _relay_stream(request, state, body, keys, lookup, headers, store)
+        return await _forward(request, state, body, keys, lookup, headers, store)
+    except GatewayError as exc:
+        # upstream unreachable or timed out: still tell the caller what the cache did
+        return error_response(exc.kind, exc.message, param=exc.param, headers=headers)
 
 
 async def _serve_hit(
@@ -214,6 +218,7 @@ async def _relay_stream(
         )
         await response.prepare(request)
         assembler = StreamAssembler()
+        stored = False
         try:
             async for data in reply.iter_chunks():
                 assembler.feed(data)
@@ -222,10 +227,9 @@ async def _relay_stream(
                 finally:
                     # SDKs hang up as soon as they read [DONE], which cancels this handler
                     # (handler_cancellation): decide about caching before that can happen.
-                    if assembler.done:
+                    if assembler.done and not stored:
+                        stored = True
                         _store_stream(state, keys, lookup, assembler, store)
-                if assembler.done:
-                    break  # nothing meaningful follows [DONE]; don't wait for the upstream's EOF
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Headers are gone already: tell the client in-band (the OpenAI SDK raises on an
             # error event) and end the stream without [DONE]. Nothing is cached.

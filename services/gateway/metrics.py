@@ -58,6 +58,13 @@ class GatewayMetrics:
             ["tenant"],
             registry=self.registry,
         )
+        self.model_server_seconds = Histogram(
+            "reflex_gateway_model_server_seconds",
+            "Time the embedder/verifier report spending on our calls, by stage (their own timing block).",
+            ["component", "stage"],  # stage: queue, tokenize, inference
+            buckets=_LOOKUP_BUCKETS,
+            registry=self.registry,
+        )
         self.verifier_scores = Histogram(
             "reflex_gateway_verifier_best_score",
             "Best verifier probability per semantic lookup (to tune REFLEX_RERANKER_THRESHOLD).",

@@ -174,8 +174,9 @@ def replay_events(completion: dict[str, Any], *, include_usage: bool) -> Iterato
     for position, choice in enumerate(choices):
         index = choice.get("index", position)
         message = choice.get("message") or {}
-        yield chunk(index, {"role": message.get("role", "assistant"), "content": ""})
         content = message.get("content")
+        # like the providers: "" opens a text answer, null a tool-call-only one
+        yield chunk(index, {"role": message.get("role", "assistant"), "content": "" if isinstance(content, str) else None})
         if isinstance(content, str):
             for start in range(0, len(content), REPLAY_CHUNK_CHARS):
                 yield chunk(index, {"content": content[start : start + REPLAY_CHUNK_CHARS]})

@@ -48,6 +48,9 @@ def build_tiny_cross_encoder(tmp_dir: Path, *, num_layers: int = 2, num_labels: 
     encoder = BertModel.from_pretrained(source, local_files_only=True)
     missing, _ = model.bert.load_state_dict(encoder.state_dict(), strict=False)
     assert not missing, f"tiny cross-encoder left weights uninitialised: {missing}"
+    # BERT's default head init (std 0.02) puts every logit near 0, so every pair scores ~0.5;
+    # a wider head spreads the probabilities and makes order and rounding mistakes visible.
+    torch.nn.init.normal_(model.classifier.weight, std=0.2)
     tmp_dir = Path(tmp_dir)
     tmp_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(tmp_dir)

@@ -1,0 +1,179 @@
+"""Layer 2: the embedder gRPC service in-process on port 0, with the real all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sentence_transformers import SentenceTransformer
+
+from reflex.embedder.v1 import embedder_pb2, embedder_pb2_grpc
+from services.embedder.main import start_embedder_server
+from services.embedder.model import EmbeddingModel
+from services.embedder.service import GRPC_SERVICE
+from services.gateway.model_clients import GrpcEmbedder, ServerTiming
+from services.gateway.tiers import TierUnavailable
+from tests.support.models import GatedBackend, RunningServer, cosine, model_settings
+
+TEXTS = [
+    "How do I center a div in CSS?",
+    "What's the CSS to center a div horizontally and vertically?",
+    "Ünïcödé, emoji 🚀 and punctuation?!",
+    "x",
+    "long " * 400,  # past the 256-token limit: truncated exactly as sentence-transformers does
+]
+
+
+@pytest.fixture
+async def client(embedder_server: RunningServer) -> AsyncIterator[GrpcEmbedder]:
+    c = GrpcEmbedder(embedder_server.target)
+    yield c
+    await c.close()
+
+
+async def test_vectors_match_sentence_transformers(client: GrpcEmbedder, minilm_model: EmbeddingModel) -> None:
+    reference = SentenceTransformer(str(minilm_model.path), device="cpu").encode(TEXTS)
+    vectors = await client.embed(TEXTS, timeout=60)
+    assert len(vectors) == len(TEXTS)
+    for got, want in zip(vectors, reference, strict=True):
+        assert len(got) == len(want)
+        assert cosine(got, want) > 0.999
+        assert abs(sum(x * x for x in got) - 1.0) < 1e-4  # unit length
+
+
+async def test_info_reads_the_dimension_from_the_model(embedder_server: RunningServer,
+                                                       minilm_model: EmbeddingModel) -> None:
+    async with grpc.aio.insecure_channel(embedder_server.target) as channel:
+        info = await embedder_pb2_grpc.EmbedderServiceStub(channel).Info(embedder_pb2.InfoRequest(), timeout=10)
+    assert info.dimension == minilm_model.model.config.hidden_size == 384
+    assert info.max_tokens == 256 and info.device == "cpu" and info.dtype == "float32"
+
+
+async def test_concurrent_callers_are_batched_and_each_gets_its_own_vector(
+    client: GrpcEmbedder, embedder_server: RunningServer
+) -> None:
+    texts = [f"question number {i} about caching" for i in range(32)]
+    alone = [(await client.embed([t], timeout=60))[0] for t in texts[:3]]
+    passes_before = embedder_server.metric("reflex_embedder_batch_size_count")
+    together = await asyncio.gather(*(client.embed([t], timeout=60) for t in texts))
+    passes = embedder_server.metric("reflex_embedder_batch_size_count") - passes_before
+    assert 1 <= passes < len(texts)
+    for mine, reference in zip(together[:3], alone, strict=True):
+        assert cosine(mine[0], reference) > 0.9999
+    # Distinct texts, distinct vectors: nobody got a neighbour's row.
+    assert all(cosine(together[i][0], together[i + 1][0]) < 0.9999 for i in range(len(texts) - 1))
+
+
+async def test_timings_come_back_to_the_caller(embedder_server: RunningServer) -> None:
+    seen: list[tuple[str, ServerTiming]] = []
+    c = GrpcEmbedder(embedder_server.target, on_timing=lambda component, t: seen.append((component, t)))
+    try:
+        await c.embed(["timing please"], timeout=60)
+    finally:
+        await c.close()
+    assert len(seen) == 1 and seen[0][0] == "embedder"
+    assert seen[0][1].inference_s > 0 and seen[0][1].tokenize_s > 0
+
+
+async def test_empty_request_is_invalid_argument(embedder_server: RunningServer, client: GrpcEmbedder) -> None:
+    async with grpc.aio.insecure_channel(embedder_server.target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await embedder_pb2_grpc.EmbedderServiceStub(channel).Embed(embedder_pb2.EmbedRequest(), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(TierUnavailable) as tier:
+        await client.embed([], timeout=10)
+    assert tier.value.reason == "error"
+    assert embedder_server.metric("reflex_embedder_failures_total", {"reason": "invalid_input"}) >= 2
+
+
+async def test_full_queue_answers_resource_exhausted(minilm_model: EmbeddingModel) -> None:
+    gated = GatedBackend(minilm_model)
+    server = await start_embedder_server(model_settings(max_queue=4), 0, load_backend=lambda _s: gated)
+    c = GrpcEmbedder(f"127.0.0.1:{server.port}")
+    try:
+        gated.close_gate()
+        admitted = asyncio.create_task(c.embed(["a", "b", "c", "d"], timeout=60))
+        await asyncio.to_thread(gated.entered.wait, 30)
+        with pytest.raises(TierUnavailable) as err:
+            await c.embed(["one too many"], timeout=60)
+        assert err.value.reason == "overloaded"
+        gated.open_gate()
+        assert len(await admitted) == 4
+        assert len(await c.embed(["room again"], timeout=60)) == 1
+    finally:
+        gated.open_gate()
+        await c.close()
+        await server.stop(0)
+
+
+async def test_deadline_past_is_a_timeout(minilm_model: EmbeddingModel) -> None:
+    gated = GatedBackend(minilm_model)
+    server = await start_embedder_server(model_settings(), 0, load_backend=lambda _s: gated)
+    c = GrpcEmbedder(f"127.0.0.1:{server.port}")
+    try:
+        gated.close_gate()
+        with pytest.raises(TierUnavailable) as err:
+            await c.embed(["slow"], timeout=0.3)
+        assert err.value.reason == "timeout"
+    finally:
+        gated.open_gate()
+        await c.close()
+        await server.stop(0)
+
+
+async def _health(channel: grpc.aio.Channel, service: str = GRPC_SERVICE) -> int:
+    reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+    return reply.status
+
+
+async def test_health_not_serving_until_warm_then_serving_then_drains_on_stop(minilm_model: EmbeddingModel) -> None:
+    load_gate = threading.Event()
+    gated = GatedBackend(minilm_model)
+
+    def slow_load(_settings: object) -> GatedBackend:
+        assert load_gate.wait(60), "test never let the model load"
+        return gated
+
+    server = await start_embedder_server(model_settings(), 0, wait_ready=False, load_backend=slow_load)
+    target = f"127.0.0.1:{server.port}"
+    c = GrpcEmbedder(target)
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            # Loading: probes get an answer, and it is NOT_SERVING; the RPCs say UNAVAILABLE.
+            assert await _health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert await _health(channel, "") == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(TierUnavailable) as err:
+                await c.embed(["too early"], timeout=10)
+            assert err.value.reason == "unavailable"
+            with pytest.raises(TierUnavailable):
+                await c.check()
+
+            load_gate.set()
+            await server.wait_ready()
+            # The warm-up batch ran through the real batcher before SERVING.
+            assert server.registry.get_sample_value("reflex_embedder_batch_size_count") >= 1
+            assert await _health(channel) == health_pb2.HealthCheckResponse.SERVING
+            await c.check()
+
+            # Graceful stop: watchers see NOT_SERVING, the in-flight call still completes.
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=GRPC_SERVICE))
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            gated.close_gate()
+            in_flight = asyncio.create_task(c.embed(["in flight during shutdown"], timeout=60))
+            await asyncio.to_thread(gated.entered.wait, 30)
+            stopping = asyncio.create_task(server.stop(grace=30))
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            gated.open_gate()
+            assert len((await in_flight)[0]) == 384
+            await stopping
+            with pytest.raises(TierUnavailable):
+                await c.embed(["after stop"], timeout=5)
+        finally:
+            load_gate.set()
+            gated.open_gate()
+            await c.close()
+            await server.stop(0)

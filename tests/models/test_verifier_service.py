@@ -1,0 +1,122 @@
+"""Layer 2: the verifier gRPC service in-process on port 0, with a real cross-encoder
+(a small one built from the MiniLM weights; the trained verifier has tests of its own)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from reflex.config import Settings
+from reflex.verifier.v1 import verifier_pb2, verifier_pb2_grpc
+from services.gateway.model_clients import GrpcVerifier
+from services.gateway.tiers import TierUnavailable
+from services.verifier import rules
+from services.verifier.cross_encoder import default_model_path, resolve_model_path
+from tests.support.loop_thread import LoopThread
+from tests.support.models import RunningServer, build_tiny_cross_encoder, model_settings, run_verifier
+
+QUERY = "How do I center a div in CSS?"
+CANDIDATES = [
+    "What's the CSS to center a div horizontally and vertically?",
+    "How do I center a div in CSS?",
+    "What is the capital of France?",
+    "How do I left-align a div in CSS?",
+    "",
+]
+
+
+def reference_probabilities(model_dir: Path, query: str, candidates: list[str]) -> list[float]:
+    """The same cross-encoder run directly with transformers, one pair at a time."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True).eval()
+    out = []
+    with torch.inference_mode():
+        for c in candidates:
+            logits = model(**tokenizer(query, c, truncation=True, max_length=256, return_tensors="pt")).logits[0]
+            out.append(float(torch.sigmoid(logits[0]) if logits.numel() == 1 else torch.softmax(logits, -1)[1]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_verifier(model_loop: LoopThread, tiny_cross_encoder_dir: Path) -> Iterator[RunningServer]:
+    running = run_verifier(model_loop, model_settings(reranker_path=tiny_cross_encoder_dir))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def client(tiny_verifier: RunningServer) -> AsyncIterator[GrpcVerifier]:
+    c = GrpcVerifier(tiny_verifier.target)
+    yield c
+    await c.close()
+
+
+async def test_scores_are_probabilities_in_candidate_order(client: GrpcVerifier, tiny_cross_encoder_dir: Path) -> None:
+    scores = await client.score(QUERY, CANDIDATES, timeout=60)
+    assert len(scores) == len(CANDIDATES)
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert len({round(s, 4) for s in scores}) > 1  # the order check below means something
+    one_by_one = [(await client.score(QUERY, [c], timeout=60))[0] for c in CANDIDATES]
+    assert scores == pytest.approx(one_by_one, abs=1e-5)
+    assert scores == pytest.approx(reference_probabilities(tiny_cross_encoder_dir, QUERY, CANDIDATES), abs=1e-4)
+
+
+async def test_two_label_heads_use_softmax_of_the_positive_class(model_loop: LoopThread, tmp_path: Path) -> None:
+    model_dir = build_tiny_cross_encoder(tmp_path / "two-labels", num_labels=2, seed=1)
+    running = run_verifier(model_loop, model_settings(reranker_path=model_dir))
+    c = GrpcVerifier(running.target)
+    try:
+        scores = await c.score(QUERY, CANDIDATES[:3], timeout=60)
+    finally:
+        await c.close()
+        running.stop()
+    assert scores == pytest.approx(reference_probabilities(model_dir, QUERY, CANDIDATES[:3]), abs=1e-4)
+
+
+async def test_info_reports_model_and_enabled_rules(tiny_verifier: RunningServer) -> None:
+    async with grpc.aio.insecure_channel(tiny_verifier.target) as channel:
+        info = await verifier_pb2_grpc.VerifierServiceStub(channel).Info(verifier_pb2.InfoRequest(), timeout=10)
+    assert list(info.rules) == rules.enabled_rules(tiny_verifier.server.settings)
+    assert info.model_name == tiny_verifier.server.backend.name
+    assert info.max_tokens == 256 and info.device == "cpu"
+
+
+@pytest.mark.parametrize(("query", "candidates"), [("", ["a"]), ("   ", ["a"]), ("q", [])])
+async def test_bad_requests_are_invalid_argument(tiny_verifier: RunningServer, query: str,
+                                                 candidates: list[str]) -> None:
+    async with grpc.aio.insecure_channel(tiny_verifier.target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await verifier_pb2_grpc.VerifierServiceStub(channel).Score(
+                verifier_pb2.ScoreRequest(query=query, candidates=candidates), timeout=10
+            )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_missing_model_fails_with_a_clear_message(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="REFLEX_RERANKER_PATH"):
+        resolve_model_path(Settings(reranker_path=tmp_path / "nowhere"))
+    if not (default_model_path() / "config.json").is_file():
+        with pytest.raises(FileNotFoundError, match="reflex train-verifier"):
+            resolve_model_path(Settings(reranker_path=None))
+
+
+async def test_verifier_down_is_tier_unavailable(tiny_verifier: RunningServer) -> None:
+    # A port nothing listens on: fail fast, not hang.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free_port = s.getsockname()[1]
+    c = GrpcVerifier(f"127.0.0.1:{free_port}")
+    try:
+        with pytest.raises(TierUnavailable) as err:
+            await c.score(QUERY, CANDIDATES, timeout=5)
+        assert err.value.reason == "unavailable" and err.value.component == "verifier"
+        with pytest.raises(TierUnavailable):
+            await c.check()
+    finally:
+        await c.close()

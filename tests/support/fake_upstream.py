@@ -236,3 +236,30 @@ class FakeUpstream:
                 await asyncio.sleep(self.chunk_delay)
         await response.write_eof()
         return response
+
+
+def main() -> None:
+    """``python -m tests.support.fake_upstream --port N``: serve until killed (benchmarks run
+    it as a separate process so that it does not share a GIL with what it measures)."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--chunk-delay", type=float, default=0.0)
+    args = parser.parse_args()
+
+    async def serve() -> None:
+        fake = FakeUpstream(chunk_delay=args.chunk_delay)
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", fake._chat)
+        app.router.add_get("/v1/models", fake._models)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", args.port).start()
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -82,7 +82,9 @@ async def embed_texts(
     if on_progress is not None and vectors:
         on_progress(len(vectors))
     from_cache = len(vectors)
-    missing = [t for t in distinct if t not in vectors]
+    # Sorted by length so each call holds texts of similar length: the service pads a batch
+    # to its longest text, and on a CPU padding is most of the waste.
+    missing = sorted((t for t in distinct if t not in vectors), key=len)
     chunks = [missing[i : i + chunk_size] for i in range(0, len(missing), chunk_size)]
 
     async def embed_chunk(chunk: list[str]) -> list[list[float]]:

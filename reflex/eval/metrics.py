@@ -163,9 +163,16 @@ def sweep(scored: Scored, thresholds: Sequence[float]) -> list[Metrics]:
     return out
 
 
-def sweep_grid(steps: int = 100) -> list[float]:
-    """Thresholds 0.00, 0.01, ... 1.00: scores and cosines that matter lie in [0, 1]."""
-    return [round(i / steps, 10) for i in range(steps + 1)]
+def sweep_grid() -> list[float]:
+    """Thresholds 0.00, 0.01, ... 1.00, plus 0.991 ... 0.999.
+
+    Scores and cosines that matter lie in [0, 1]. The extra points are where a confident
+    verifier, and cosine on near-repeats, make most of their decisions: at steps of 0.01
+    the whole low-false-hit end of the curve would be one or two points.
+    """
+    coarse = [round(i / 100, 10) for i in range(101)]
+    fine = [round(0.99 + i / 1000, 10) for i in range(1, 10)]
+    return sorted(coarse + fine)
 
 
 def threshold_for_false_hit_rate(scored: Scored, target: float) -> float | None:

@@ -15,6 +15,9 @@ DEFINITIONS = (
     "a stored question textually identical to the query is always right."
 )
 
+# The sweep rows printed as text: coarse below 0.9, denser where verifiers decide.
+_TEXT_SWEEP_ROWS = {round(i / 10, 6) for i in range(11)} | {0.92, 0.94, 0.96, 0.98, 0.99, 0.995, 0.999}
+
 
 def operating_points(scored: Scored, targets: Sequence[float]) -> list[dict[str, Any]]:
     """For each target false-hit rate, the lowest threshold meeting it and what it yields."""
@@ -44,15 +47,17 @@ def _pct(value: float | None) -> str:
     return "    -" if value is None else f"{100 * value:5.1f}%"
 
 
-def _row(label: str, m: dict[str, Any], width: int) -> str:
-    return (
+def _row(label: str, m: dict[str, Any], width: int, wrong_entry: bool) -> str:
+    row = (
         f"  {label:<{width}} {_pct(m.get('hit_rate')):>9} {_pct(m.get('false_hit_rate')):>15}"
-        f" {_pct(m.get('precision')):>10} {_pct(m.get('wrong_entry_rate')):>12}"
+        f" {_pct(m.get('precision')):>10}"
     )
+    return row + (f" {_pct(m.get('wrong_entry_rate')):>12}" if wrong_entry else "")
 
 
-def _header(first: str, width: int) -> str:
-    return f"  {first:<{width}} {'hit rate':>9} {'false-hit rate':>15} {'precision':>10} {'wrong-entry':>12}"
+def _header(first: str, width: int, wrong_entry: bool) -> str:
+    head = f"  {first:<{width}} {'hit rate':>9} {'false-hit rate':>15} {'precision':>10}"
+    return head + (f" {'wrong-entry':>12}" if wrong_entry else "")
 
 
 def render_text(result: dict[str, Any]) -> str:
@@ -75,33 +80,35 @@ def render_text(result: dict[str, Any]) -> str:
         )
     lines.append("")
     width = 28
-    lines.append(_header("", width))
-    lines.append(_row(f"{scorer} @ {result['threshold']:.3f}", result, width))
+    # Wrong entries only exist when entries compete (cache mode).
+    wrong = result["mode"] == "cache"
+    lines.append(_header("", width, wrong))
+    lines.append(_row(f"{scorer} @ {result['threshold']:.3f}", result, width, wrong))
     baseline = result.get("baseline_cosine")
 
     lines.append("")
     lines.append("operating points (lowest threshold whose false-hit rate meets the target):")
-    lines.append(_header("target -> threshold", width))
+    lines.append(_header("target -> threshold", width, wrong))
     blocks = [(scorer, result)] + ([("cosine", baseline)] if baseline else [])
     for name, block in blocks:
         for point in block["operating_points"]:
             t = point["threshold"]
             label = f"{name} ≤{100 * point['target_false_hit_rate']:g}% -> " + ("n/a" if t is None else f"{t:.4f}")
-            lines.append(_row(label, point, width))
+            lines.append(_row(label, point, width, wrong))
 
     if result["per_category"]:
         lines.append("")
         lines.append(f"per category ({scorer} @ {result['threshold']:.3f}):")
-        lines.append(_header("category (pairs)", width))
+        lines.append(_header("category (pairs)", width, wrong))
         for name, m in result["per_category"].items():
-            lines.append(_row(f"{name} ({m['pairs']})", m, width))
+            lines.append(_row(f"{name} ({m['pairs']})", m, width, wrong))
 
     lines.append("")
     lines.append(f"threshold sweep ({scorer}; full curve in --json / --plot):")
-    lines.append(_header("threshold", width))
+    lines.append(_header("threshold", width, wrong))
     for m in result["sweep"]:
-        if round(m["threshold"] * 100) % 10 == 0 or 0.9 < m["threshold"] < 1.0 and round(m["threshold"] * 100) % 2 == 0:
-            lines.append(_row(f"{m['threshold']:.2f}", m, width))
+        if round(m["threshold"], 6) in _TEXT_SWEEP_ROWS:
+            lines.append(_row(f"{m['threshold']:g}", m, width, wrong))
 
     t = result["timings"]
     lines.append("")

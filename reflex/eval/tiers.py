@@ -70,7 +70,12 @@ async def _service_target(stack: AsyncExitStack, settings: Settings, service: st
     # Loopback and port 0: nothing outside this process can reach the eval's servers, and
     # two evals (or an eval beside `reflex serve`) never fight over a port.
     local = settings.model_copy(update={"grpc_bind_addr": "127.0.0.1"})
-    server = await start(local, port=0)
+    try:
+        server = await start(local, port=0)
+    except (OSError, ValueError) as exc:
+        # No model on disk (FileNotFoundError), a bad model directory, a port: name the
+        # service and the cause instead of a traceback.
+        raise TierUnavailable(service, "unavailable", f"cannot start it in-process: {exc}") from exc
     stack.push_async_callback(server.stop, 0)
     return f"127.0.0.1:{server.port}"
 
@@ -83,14 +88,14 @@ async def open_tiers(
 
     async with AsyncExitStack() as stack:
         target = await _service_target(stack, settings, "embedder")
-        embedder_client = GrpcEmbedder(target, timeout_ms=settings.embedder_timeout_ms)
+        embedder_client = GrpcEmbedder(target)
         stack.push_async_callback(embedder_client.close)
         models = {"embedder": await _info(target, "embedder")}
 
         verifier_client = None
         if verifier:
             target = await _service_target(stack, settings, "verifier")
-            verifier_client = GrpcVerifier(target, timeout_ms=settings.verifier_timeout_ms)
+            verifier_client = GrpcVerifier(target)
             stack.push_async_callback(verifier_client.close)
             models["verifier"] = await _info(target, "verifier")
 

@@ -74,7 +74,8 @@ def test_exact_repeat_hit_on_a_non_duplicate_is_right() -> None:
 
 def test_sweep_matches_pointwise_metrics(scored: Scored) -> None:
     grid = sweep_grid()
-    assert grid[0] == 0.0 and grid[-1] == 1.0 and len(grid) == 101
+    assert grid[0] == 0.0 and grid[-1] == 1.0 and grid == sorted(set(grid))
+    assert {0.5, 0.7, 0.99, 0.995} <= set(grid)
     for m in sweep(scored, grid):
         assert m == metrics_at(scored, m.threshold)
 

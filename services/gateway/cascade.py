@@ -89,13 +89,26 @@ class Cascade:
         self.health = health or ComponentHealth()
         self._embed_timeout = settings.embedder_timeout_ms / 1000
         self._verify_timeout = settings.verifier_timeout_ms / 1000
+        self._l2_timeout = settings.l2_timeout_ms / 1000
+        # the clients enforce their own deadlines; ours is the backstop, a little later so
+        # that a client's richer error (and its reason label) normally wins
+        self._backstop = 0.05
 
     # ------------------------------------------------------------------ plumbing
-    async def _call(self, component: str, stage: str | None, call: Callable[[], Awaitable[T]]) -> T | None:
-        """Run one tier call; on failure count it, mark the component, and return None."""
+    async def _call(
+        self, component: str, stage: str | None, call: Callable[[], Awaitable[T]], deadline: float | None = None
+    ) -> T | None:
+        """Run one tier call; on failure count it, mark the component, and return None.
+
+        ``deadline`` is enforced here too, not only by the client's own timeout: a tier that
+        ignores its timeout must still not hold a request past it.
+        """
         started = time.perf_counter()
         try:
-            result = await call()
+            try:
+                result = await (asyncio.wait_for(call(), deadline) if deadline is not None else call())
+            except TimeoutError:
+                raise TierUnavailable(component, "timeout", f"no answer within {deadline:.3f} s") from None
         except TierUnavailable as exc:
             self.metrics.tier_failures.labels(exc.component, exc.reason).inc()
             self.health.failed(exc.component, exc.reason, str(exc))
@@ -135,7 +148,10 @@ class Cascade:
         assert keys.question is not None and keys.context_hash is not None
         question, context_hash = keys.question, keys.context_hash
         vectors = await self._call(
-            "embedder", "embed", lambda: tiers.embedder.embed([question], timeout=self._embed_timeout)
+            "embedder",
+            "embed",
+            lambda: tiers.embedder.embed([question], timeout=self._embed_timeout),
+            self._embed_timeout + self._backstop,
         )
         if not vectors:
             return Lookup(MISS)
@@ -151,6 +167,7 @@ class Cascade:
                 top_k=self.settings.l2_top_k,
                 min_similarity=self.settings.l2_min_similarity,
             ),
+            self._l2_timeout + self._backstop,
         )
         if not candidates:
             return Lookup(MISS, vector=vector)
@@ -159,6 +176,7 @@ class Cascade:
             "verifier",
             "verify",
             lambda: tiers.verifier.score(question, [c.question for c in candidates], timeout=self._verify_timeout),
+            self._verify_timeout + self._backstop,
         )
         if scores is None:
             return Lookup(MISS, vector=vector)
@@ -201,7 +219,7 @@ class Cascade:
         """Write one answer to L1 and (when eligible) L2 together. Runs after the response
         was sent; a failure is counted and logged, never raised to anyone."""
         data = CachedEntry(entry_id=keys.l1_key, completion=completion, question=keys.question).to_bytes()
-        writes = [self._write("l1", self.l1.name, lambda: self.l1.set(keys.l1_key, data))]
+        writes = [self._write("l1", self.l1.name, None, lambda: self.l1.set(keys.l1_key, data))]
         if l2 and self.tiers is not None and keys.question is not None:
             writes.append(self._store_l2(keys, data, vector, self.tiers))
         await asyncio.gather(*writes)
@@ -212,7 +230,12 @@ class Cascade:
         if vector is None:
             # The lookup did not embed (refresh, or the embedder was down): embedding here is
             # off the request's critical path.
-            vectors = await self._call("embedder", None, lambda: tiers.embedder.embed([question], timeout=self._embed_timeout))
+            vectors = await self._call(
+                "embedder",
+                None,
+                lambda: tiers.embedder.embed([question], timeout=self._embed_timeout),
+                self._embed_timeout + self._backstop,
+            )
             if not vectors:
                 self.metrics.cache_writes.labels("l2", "skipped").inc()
                 return
@@ -221,6 +244,7 @@ class Cascade:
         await self._write(
             "l2",
             "l2",
+            self._l2_timeout + self._backstop,
             lambda: tiers.l2.upsert(
                 entry_id=keys.l1_key,
                 tenant=keys.tenant,
@@ -233,9 +257,11 @@ class Cascade:
             ),
         )
 
-    async def _write(self, tier: str, component: str, call: Callable[[], Awaitable[None]]) -> None:
+    async def _write(
+        self, tier: str, component: str, deadline: float | None, call: Callable[[], Awaitable[None]]
+    ) -> None:
         started = time.perf_counter()
-        ok = await self._call(component, None, _returning_true(call))
+        ok = await self._call(component, None, _returning_true(call), deadline)
         self.metrics.cache_writes.labels(tier, "ok" if ok else "failed").inc()
         log.debug("%s write %s in %.1f ms", tier, "ok" if ok else "failed", (time.perf_counter() - started) * 1000)
 

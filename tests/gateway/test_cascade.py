@@ -1,0 +1,341 @@
+"""The verified cascade (L1 -> L2 -> L3) through the HTTP app.
+
+This is a unit layer for the cascade's decisions: the L2 store is the real embedded Qdrant
+Edge shard (in tmp_path), but the embedder and verifier are small in-test implementations
+of the ``Embedder``/``Verifier`` protocols, because these tests must choose the similarity
+and the verifier's scores exactly and make the services fail or stall on demand. The
+end-to-end paraphrase test through the real gRPC model services lives with the
+integration tests; it reuses ``start_gateway(embedder=..., verifier=..., l2=...)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+from blake3 import blake3
+
+from services.gateway.app import create_app
+from services.gateway.l2 import open_l2_store
+from services.gateway.state import STATE
+from services.gateway.tiers import L2Store, TierUnavailable
+from tests.gateway.conftest import RAW, gateway_settings
+from tests.support.fake_upstream import FakeUpstream
+
+DIM = 32
+CHAT = "/v1/chat/completions"
+QUESTION = "How do I center a div in CSS?"
+PARAPHRASE = "What's the CSS to center a div horizontally and vertically?"
+UNRELATED = "How do I bake sourdough bread?"
+
+
+def unit(vector: np.ndarray) -> list[float]:
+    return (vector / np.linalg.norm(vector)).astype(float).tolist()
+
+
+def topic_vector(topic: str, jitter_seed: str) -> list[float]:
+    """Texts of one topic land close together (cosine ~0.99), other topics far away."""
+    base = np.random.default_rng(int.from_bytes(blake3(topic.encode()).digest()[:8], "big")).normal(size=DIM)
+    jitter = np.random.default_rng(int.from_bytes(blake3(jitter_seed.encode()).digest()[:8], "big")).normal(size=DIM)
+    return unit(base + 0.1 * jitter)
+
+
+class ControlledEmbedder:
+    """Embedder protocol: paraphrases of one topic get nearby vectors; can fail or stall."""
+
+    def __init__(self) -> None:
+        self.topics = {QUESTION: "css", PARAPHRASE: "css", UNRELATED: "bread"}
+        self.calls: list[list[str]] = []
+        self.down = False
+        self.stall = 0.0
+
+    async def embed(self, texts: Sequence[str], *, timeout: float) -> list[list[float]]:
+        self.calls.append(list(texts))
+        if self.down:
+            raise TierUnavailable("embedder", "unavailable", "test says down")
+        if self.stall:
+            await asyncio.sleep(self.stall)  # ignores its timeout on purpose
+        return [topic_vector(self.topics.get(t, t), t) for t in texts]
+
+    async def check(self) -> None:
+        if self.down:
+            raise TierUnavailable("embedder", "unavailable", "test says down")
+
+    async def close(self) -> None:
+        return None
+
+
+class ControlledVerifier:
+    """Verifier protocol: returns the scores the test sets, per (query, candidate)."""
+
+    def __init__(self) -> None:
+        self.scores: dict[tuple[str, str], float] = {}
+        self.default = 0.0
+        self.calls: list[tuple[str, list[str]]] = []
+        self.down = False
+        self.stall = 0.0
+        self.truncate = False
+
+    async def score(self, query: str, candidates: Sequence[str], *, timeout: float) -> list[float]:
+        self.calls.append((query, list(candidates)))
+        if self.down:
+            raise TierUnavailable("verifier", "unavailable", "test says down")
+        if self.stall:
+            await asyncio.sleep(self.stall)
+        scores = [self.scores.get((query, c), self.default) for c in candidates]
+        return scores[:-1] if self.truncate else scores
+
+    async def check(self) -> None:
+        if self.down:
+            raise TierUnavailable("verifier", "unavailable", "test says down")
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+async def l2(tmp_path: Path, fake_upstream: FakeUpstream) -> AsyncIterator[L2Store]:
+    store = await open_l2_store(gateway_settings(fake_upstream, storage_path=tmp_path), DIM)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def embedder() -> ControlledEmbedder:
+    return ControlledEmbedder()
+
+
+@pytest.fixture
+def verifier() -> ControlledVerifier:
+    return ControlledVerifier()
+
+
+@pytest.fixture
+def make_client(
+    aiohttp_client: Any, fake_upstream: FakeUpstream, embedder: ControlledEmbedder, verifier: ControlledVerifier, l2: L2Store
+) -> Callable[..., Any]:
+    async def make(**overrides: Any) -> TestClient:
+        values = {"semantic": True, "embedder_timeout_ms": 300, "verifier_timeout_ms": 300, **overrides}
+        settings = gateway_settings(fake_upstream, **values)
+        return await aiohttp_client(create_app(settings, embedder=embedder, verifier=verifier, l2=l2))
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: Callable[..., Any]) -> TestClient:
+    return await make_client()
+
+
+async def chat(
+    client: TestClient,
+    question: str | None = None,
+    *,
+    key: str = "sk-alice",
+    model: str = "fake-model",
+    messages: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> tuple[int, dict[str, str], Any]:
+    body = {"model": model, "messages": messages or [{"role": "user", "content": question}], **extra}
+    response = await client.post(CHAT, json=body, headers={"Authorization": f"Bearer {key}", **RAW, **(headers or {})})
+    data = await response.read()
+    await client.app[STATE].settle()  # the background write is done before the next request
+    parsed = orjson.loads(data) if not extra.get("stream") else data.decode()
+    return response.status, dict(response.headers), parsed
+
+
+async def test_paraphrase_is_served_after_verification(
+    client: TestClient, fake_upstream: FakeUpstream, embedder: ControlledEmbedder, verifier: ControlledVerifier
+) -> None:
+    verifier.scores[(PARAPHRASE, QUESTION)] = 0.93
+    _, headers, first = await chat(client, QUESTION, model="fake-model")
+    assert headers["X-Reflex-Status"] == "miss"
+    assert embedder.calls == [[QUESTION]]  # one embedding for lookup AND write: never twice
+
+    _, headers, hit = await chat(client, PARAPHRASE, model="fake-model")
+    assert headers["X-Reflex-Status"] == "hit-l3-verified"
+    assert float(headers["X-Reflex-Verifier-Score"]) == pytest.approx(0.93)
+    assert 0.5 <= float(headers["X-Reflex-Similarity"]) <= 1.0
+    assert hit["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
+    assert hit["id"] != first["id"] and hit["model"] == "fake-model"
+    assert verifier.calls == [(PARAPHRASE, [QUESTION])]  # one Score call over the candidates
+    assert fake_upstream.chat_count == 1
+
+    # the exact repeat of the paraphrase was promoted to L1: no model call at all
+    embeds_before = len(embedder.calls)
+    _, headers, _ = await chat(client, PARAPHRASE)
+    assert headers["X-Reflex-Status"] == "hit-l1-exact"
+    assert len(embedder.calls) == embeds_before
+
+
+async def test_l3_hit_streams_with_the_requests_model_and_one_fresh_id(
+    client: TestClient, verifier: ControlledVerifier
+) -> None:
+    verifier.default = 0.9
+    await chat(client, QUESTION)
+    _, headers, text = await chat(client, PARAPHRASE, stream=True, stream_options={"include_usage": True})
+    assert headers["X-Reflex-Status"] == "hit-l3-verified"
+    events = [line[6:] for line in text.split("\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [orjson.loads(e) for e in events[:-1]]
+    assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("chatcmpl-")
+    assert {c["model"] for c in chunks} == {"fake-model"}
+    content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert content == f"Answer #1 to: {QUESTION}"
+    assert chunks[-1]["usage"]["prompt_tokens"] == 11
+
+
+@pytest.mark.parametrize(
+    ("score", "status"),
+    [(0.70, "hit-l3-verified"), (0.6999, "miss"), (1.0, "hit-l3-verified"), (0.0, "miss")],
+    ids=["at-threshold", "just-below", "certain", "zero"],
+)
+async def test_threshold_boundary(
+    client: TestClient, fake_upstream: FakeUpstream, verifier: ControlledVerifier, score: float, status: str
+) -> None:
+    verifier.scores[(PARAPHRASE, QUESTION)] = score
+    await chat(client, QUESTION)
+    _, headers, body = await chat(client, PARAPHRASE)
+    assert headers["X-Reflex-Status"] == status
+    if status == "miss":
+        assert body["choices"][0]["message"]["content"] == f"Answer #2 to: {PARAPHRASE}"
+        assert "X-Reflex-Verifier-Score" not in headers
+
+
+async def test_best_verified_candidate_wins_not_the_nearest(
+    make_client: Callable[..., Any], embedder: ControlledEmbedder, verifier: ControlledVerifier
+) -> None:
+    client = await make_client(l2_min_similarity=-1.0)  # let every stored question through L2
+    other = "Center a div with CSS grid?"
+    embedder.topics[other] = "css"
+    await chat(client, QUESTION)
+    await chat(client, other)
+    verifier.scores[(PARAPHRASE, QUESTION)] = 0.2
+    verifier.scores[(PARAPHRASE, other)] = 0.8
+    _, headers, body = await chat(client, PARAPHRASE)
+    assert headers["X-Reflex-Status"] == "hit-l3-verified"
+    assert body["choices"][0]["message"]["content"] == f"Answer #2 to: {other}"
+    assert sorted(verifier.calls[-1][1]) == sorted([QUESTION, other])
+
+
+@pytest.mark.parametrize("failure", ["down", "stall", "truncated"])
+async def test_verifier_failure_is_a_plain_miss_never_unverified(
+    client: TestClient, fake_upstream: FakeUpstream, verifier: ControlledVerifier, failure: str
+) -> None:
+    verifier.default = 1.0  # it WOULD say yes
+    await chat(client, QUESTION)
+    if failure == "down":
+        verifier.down = True
+    elif failure == "stall":
+        verifier.stall = 2.0  # past verifier_timeout_ms=300; the cascade's own deadline cuts it
+    else:
+        verifier.truncate = True  # fewer scores than candidates: not a yes for anyone
+    status, headers, body = await chat(client, PARAPHRASE)
+    assert status == 200
+    assert headers["X-Reflex-Status"] == "miss"
+    assert body["choices"][0]["message"]["content"] == f"Answer #2 to: {PARAPHRASE}"
+    metrics = await (await client.get("/metrics")).text()
+    assert 'reflex_gateway_tier_failures_total{component="verifier"' in metrics
+
+
+async def test_embedder_outage_degrades_reports_and_recovers(
+    client: TestClient, fake_upstream: FakeUpstream, embedder: ControlledEmbedder, verifier: ControlledVerifier
+) -> None:
+    verifier.default = 0.9
+    embedder.down = True
+    _, headers, _ = await chat(client, QUESTION)
+    assert headers["X-Reflex-Status"] == "miss"
+    ready = await client.get("/ready")
+    assert ready.status == 503 and (await ready.json())["failing"] == ["embedder"]
+    # the L1 write still happened; the L2 write needed an embedding and was skipped
+    _, headers, _ = await chat(client, QUESTION)
+    assert headers["X-Reflex-Status"] == "hit-l1-exact"
+
+    embedder.down = False
+    assert (await client.get("/ready")).status == 200
+    await chat(client, QUESTION, headers={"X-Reflex-Cache": "refresh"})  # stored again, embedded at write time
+    _, headers, _ = await chat(client, PARAPHRASE)
+    assert headers["X-Reflex-Status"] == "hit-l3-verified"
+
+
+async def test_stalled_embedder_is_cut_at_its_deadline(client: TestClient, embedder: ControlledEmbedder) -> None:
+    embedder.stall = 2.0
+    _, headers, _ = await chat(client, QUESTION)
+    assert headers["X-Reflex-Status"] == "miss"
+    metrics = await (await client.get("/metrics")).text()
+    assert 'reflex_gateway_tier_failures_total{component="embedder",reason="timeout"}' in metrics
+
+
+async def test_tenant_model_and_context_isolation(
+    client: TestClient, fake_upstream: FakeUpstream, verifier: ControlledVerifier
+) -> None:
+    verifier.default = 1.0
+    await chat(client, QUESTION, key="sk-alice")
+    cases = {
+        "other tenant": dict(key="sk-bob"),
+        "other model": dict(model="other-model"),
+        "other system prompt": dict(messages=[{"role": "system", "content": "Answer in French."}, {"role": "user", "content": PARAPHRASE}]),
+        "other sampling": dict(temperature=1.5),
+    }
+    for name, kwargs in cases.items():
+        _, headers, _ = await chat(client, PARAPHRASE if "messages" not in kwargs else None, **kwargs)
+        assert headers["X-Reflex-Status"] == "miss", name
+    assert verifier.calls == []  # L2's filter found no candidate: nothing reached the verifier
+    assert fake_upstream.chat_count == 1 + len(cases)
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+         {"role": "tool", "tool_call_id": "c1", "content": "result"}],
+        [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "Sure,"}],
+        [{"role": "user", "content": "   "}],
+        [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}],
+    ],
+    ids=["tool-result", "assistant-prefill", "whitespace", "image-only"],
+)
+async def test_ineligible_requests_skip_l2_and_l3(
+    client: TestClient, embedder: ControlledEmbedder, verifier: ControlledVerifier, messages: list[dict[str, Any]]
+) -> None:
+    verifier.default = 1.0
+    _, headers, _ = await chat(client, messages=messages)
+    assert headers["X-Reflex-Status"] == "miss"
+    _, headers, _ = await chat(client, messages=messages)
+    assert headers["X-Reflex-Status"] == "hit-l1-exact"  # L1 still serves them
+    assert embedder.calls == [] and verifier.calls == []
+
+
+async def test_l2_failure_is_a_plain_miss(
+    make_client: Callable[..., Any], l2: L2Store, verifier: ControlledVerifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await make_client()
+    verifier.default = 1.0
+    await chat(client, QUESTION)
+
+    async def broken_search(**kwargs: Any) -> Any:
+        raise TierUnavailable("l2", "unavailable", "test says down")
+
+    monkeypatch.setattr(l2, "search", broken_search)
+    _, headers, _ = await chat(client, PARAPHRASE)
+    assert headers["X-Reflex-Status"] == "miss"
+    assert verifier.calls == []  # nothing to verify, nothing served
+
+
+async def test_semantic_off_never_touches_the_tiers(
+    make_client: Callable[..., Any], embedder: ControlledEmbedder, verifier: ControlledVerifier
+) -> None:
+    client = await make_client(semantic=False)
+    await chat(client, QUESTION)
+    _, headers, _ = await chat(client, PARAPHRASE)
+    assert headers["X-Reflex-Status"] == "miss"
+    assert embedder.calls == [] and verifier.calls == []
+    assert (await (await client.get("/ready")).json())["components"] == {"memory": "ok"}

@@ -123,9 +123,17 @@ async def _serve_hit(
         headers["X-Reflex-Similarity"] = f"{lookup.similarity:.4f}"
         headers["X-Reflex-Verifier-Score"] = f"{lookup.verifier_score:.4f}"
     stream = wants_stream(chat)
-    served, accounting = hit_format.format_hit(
-        completion, question=lookup.entry.question, request=chat, requested=fmt, stream=stream
-    )
+    try:
+        served, accounting = hit_format.format_hit(
+            completion, question=lookup.entry.question, request=chat, requested=fmt, stream=stream
+        )
+    except Exception:  # noqa: BLE001
+        # A presentation bug must not turn a good hit into a 500: serve the answer as cached.
+        log.exception("formatting a hit failed; serving it raw")
+        usage = completion.get("usage") or {}
+        saved = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
+        served, accounting = completion, hit_format.HitAccounting(ResponseFormat.RAW, saved, 0, "format_error")
+    state.metrics.hits.labels(lookup.status, accounting.format.value, accounting.reason).inc()
     headers["X-Reflex-Status"] = lookup.status
     headers["X-Reflex-Tokens-Saved"] = str(accounting.tokens_saved)
     headers["X-Reflex-Format-Delta"] = str(accounting.format_delta)

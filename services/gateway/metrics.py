@@ -52,6 +52,12 @@ class GatewayMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.hits = Counter(
+            "reflex_gateway_hits",
+            "Cache hits by tier (X-Reflex-Status), format served and why that format.",
+            ["status", "format", "reason"],
+            registry=self.registry,
+        )
         self.tokens_saved = Counter(
             "reflex_gateway_tokens_saved",
             "Tokens not paid to the provider thanks to cache hits, per tenant (a blake3 id, never a key).",

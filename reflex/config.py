@@ -151,13 +151,13 @@ class Settings(BaseSettings):
         "expired points, so this is housekeeping, not correctness).",
     )
     l2_edge_optimize_points: int = Field(
-        50_000,
+        0,
         ge=0,
-        description="Embedded L2: rebuild the HNSW index and binary quantization once this many "
-        "points were written since the last build (always also at open). Until then new points are "
-        "searched exactly, which slows linearly with their number; the build blocks the whole "
-        "process (the engine holds Python's GIL) for about a second per 15k points on 2 cores. "
-        "0: only at open.",
+        description="Embedded L2: also rebuild the HNSW index once this many points were written "
+        "since the last build (it is always built at open, before serving). 0: only at open. New "
+        "points are found without it (binary-quantized scan of the filtered scope, well under 1 ms "
+        "for 5k points in one scope), but the build blocks the whole process while it runs (the "
+        "engine holds Python's GIL): 4-20 s for 50k 384-d points on 2 busy cores.",
     )
     reranker_threshold: float = Field(
         0.70,

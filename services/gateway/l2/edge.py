@@ -7,10 +7,11 @@ hold Python's GIL while they run, so:
 - every call runs on ONE dedicated worker thread per store. One thread keeps writes ordered and
   makes a write visible to every search submitted after it, without locks of our own, and the
   event loop never waits on the engine except for the sub-millisecond GIL-held part of a call;
-- the engine has no background optimizer: new points sit in an appendable segment and are
-  searched exactly until ``optimize()`` builds the HNSW graph and the binary-quantized copy. We
-  build at open, and in the hot path only every ``l2_edge_optimize_points`` writes, because a
-  build stalls the whole process (it holds the GIL) for seconds.
+- the engine has no background optimizer: new points sit in an appendable segment, scanned
+  (binary-quantized, then rescored) within the filtered scope until ``optimize()`` builds the
+  HNSW graph. We build at open, before serving, and in the hot path only if
+  ``l2_edge_optimize_points`` asks for it, because a build stalls the whole process (it holds
+  the GIL) for seconds: 4-20 s for 50k 384-d points on 2 cores (scripts/bench_l2.py).
 
 One process may open a shard at a time (the engine locks its WAL): under ``reflex serve`` that is
 the gateway; several gateway replicas need the remote backend.
@@ -102,7 +103,7 @@ class EdgeL2Store:
         oversampling: float = 4.0,
         timeout_secs: float = 1.0,
         purge_interval_secs: float = 300.0,
-        optimize_every_points: int = 50_000,
+        optimize_every_points: int = 0,
         indexing_threshold_kb: int | None = None,
     ) -> "EdgeL2Store":
         """Open the shard at ``path``, creating it if missing; purge expired points; index.
@@ -294,8 +295,8 @@ def _open_shard(path: Path, config: qe.EdgeConfig) -> qe.EdgeShard:
             raise TierUnavailable(
                 schema.COMPONENT,
                 "error",
-                f"cannot open the L2 shard at {path} ({exc}); if the embedding model changed, "
-                "use another REFLEX_QDRANT_COLLECTION or delete the shard",
+                f"cannot open the L2 shard at {path} ({exc}). Only one process may hold it; if "
+                "the embedding model changed, use another REFLEX_QDRANT_COLLECTION or delete the shard",
             ) from exc
     else:
         path.mkdir(parents=True, exist_ok=True)

@@ -230,12 +230,13 @@ def _row(record: dict[str, Any], fields: Fields, level: int) -> str:
 
 def _inline(value: Any, level: int) -> str:
     """A value on one line: ``{ key value ... }``, ``[a b c]`` or a scalar."""
-    _check_level(level)
     if isinstance(value, dict):
+        _check_level(level)
         if not value:
             return "{}"
         return "{ " + " ".join(f"{_key(k)} {_inline(v, level + 1)}" for k, v in value.items()) + " }"
     if isinstance(value, list):
+        _check_level(level)
         return "[" + " ".join(_inline(v, level + 1) for v in value) + "]"
     return _scalar(value)
 

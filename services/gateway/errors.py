@@ -3,17 +3,21 @@
 Every error the gateway itself produces goes through ``error_response`` so that clients
 (the official SDKs in particular) always get ``{"error": {"message", "type", "param",
 "code"}}`` with a status they know how to retry or not. Messages are ours and never carry
-a traceback or a caller's key.
+a traceback or a caller's key. Failures of the semantic tiers (gRPC or Qdrant) never reach
+a caller: the cascade turns them into misses (see cascade.py), so they have no row here.
+The provider's own errors are passed through untouched, also not through this table.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from enum import Enum
 
-import grpc
 import orjson
 from aiohttp import web
+
+log = logging.getLogger("reflex.gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,33 +37,14 @@ class ErrorKind(Enum):
     NOT_FOUND = _Spec(404, "invalid_request_error", "not_found")
     METHOD_NOT_ALLOWED = _Spec(405, "invalid_request_error", "method_not_allowed")
     BODY_TOO_LARGE = _Spec(413, "invalid_request_error", "request_too_large")
-    UNSUPPORTED_MEDIA = _Spec(415, "invalid_request_error", "unsupported_media_type")
     OVERLOADED = _Spec(429, "rate_limit_error", "gateway_overloaded")
     UPSTREAM_UNREACHABLE = _Spec(502, "upstream_error", "upstream_unreachable")
-    UPSTREAM_BAD_RESPONSE = _Spec(502, "upstream_error", "upstream_bad_response")
-    UNAVAILABLE = _Spec(503, "server_error", "unavailable")
     UPSTREAM_TIMEOUT = _Spec(504, "upstream_error", "upstream_timeout")
-    DEADLINE = _Spec(504, "server_error", "deadline_exceeded")
     INTERNAL = _Spec(500, "server_error", "internal_error")
 
     @property
     def status(self) -> int:
         return self.value.status
-
-
-# gRPC status -> error kind (STYLE practice 6). The gateway never surfaces a semantic-tier
-# failure to the caller (it degrades to a miss); this table serves anything that does
-# reach a client from a gRPC call, and gives tier failures a low-cardinality reason label.
-GRPC_TO_KIND: dict[grpc.StatusCode, ErrorKind] = {
-    grpc.StatusCode.INVALID_ARGUMENT: ErrorKind.INVALID_REQUEST,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ErrorKind.OVERLOADED,
-    grpc.StatusCode.UNAVAILABLE: ErrorKind.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED: ErrorKind.DEADLINE,
-}
-
-
-def kind_for_grpc(code: grpc.StatusCode) -> ErrorKind:
-    return GRPC_TO_KIND.get(code, ErrorKind.INTERNAL)
 
 
 class GatewayError(Exception):
@@ -103,3 +88,9 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
         return error_response(ErrorKind.NOT_FOUND, f"no route for {request.method} {request.path}")
     except web.HTTPMethodNotAllowed:
         return error_response(ErrorKind.METHOD_NOT_ALLOWED, f"{request.method} is not allowed on {request.path}")
+    except web.HTTPException:
+        raise
+    except Exception:
+        # a bug: the traceback goes to our log, the caller gets the envelope, never the trace
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(ErrorKind.INTERNAL, "internal error in the Reflex gateway")

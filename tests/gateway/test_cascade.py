@@ -339,3 +339,29 @@ async def test_semantic_off_never_touches_the_tiers(
     assert headers["X-Reflex-Status"] == "miss"
     assert embedder.calls == [] and verifier.calls == []
     assert (await (await client.get("/ready")).json())["components"] == {"memory": "ok"}
+
+
+async def test_tiers_built_from_settings_degrade_when_the_services_are_down(
+    aiohttp_client: Any, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Real gRPC clients from REFLEX_EMBEDDER_URL/REFLEX_VERIFIER_URL pointing at ports where
+    nothing listens: the gateway still starts and answers (misses), /ready names them."""
+    from tests.support.redis_server import free_port
+
+    settings = gateway_settings(
+        fake_upstream,
+        semantic=True,
+        embedder_url=f"127.0.0.1:{free_port()}",
+        verifier_url=f"127.0.0.1:{free_port()}",
+        storage_path=tmp_path,
+        embedder_timeout_ms=500,
+    )
+    client = await aiohttp_client(create_app(settings))
+    status, headers, body = await chat(client, QUESTION)
+    assert status == 200 and headers["X-Reflex-Status"] == "miss"
+    assert body["choices"][0]["message"]["content"] == f"Answer #1 to: {QUESTION}"
+    ready = await client.get("/ready")
+    assert ready.status == 503
+    assert {"embedder", "verifier"} <= set((await ready.json())["failing"])
+    _, headers, _ = await chat(client, QUESTION)
+    assert headers["X-Reflex-Status"] == "hit-l1-exact"  # L1 keeps working without the models

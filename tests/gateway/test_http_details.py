@@ -236,3 +236,18 @@ async def test_graceful_stop_lets_an_inflight_stream_finish(fake_upstream: FakeU
             body = await response.read()
     await stopping
     assert body.rstrip().endswith(b"data: [DONE]")
+
+
+async def test_a_bug_becomes_a_500_envelope_without_traceback(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken_lookup(keys: Any) -> Any:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(client.app[STATE].cascade, "lookup", broken_lookup)
+    response = await client.post(CHAT, json=GOOD, headers=AUTH)
+    assert response.status == 500
+    body = await response.json()
+    assert_envelope(body, "internal_error")
+    assert "simulated bug" not in body["error"]["message"]
+    assert "simulated bug" in caplog.text  # the trace is in our log instead

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 from collections.abc import Callable
 
 from reflex.config import Settings
 from services.common.grpc_server import ModelServer, run_until_signalled
-from services.embedder.model import EmbeddingModel
+from services.embedder.model import EmbeddingModel, resolve_model_path
 from services.embedder.service import EMBEDDER_SPEC
+
+log = logging.getLogger("reflex.embedder")
 
 
 async def start_embedder_server(
@@ -42,4 +45,9 @@ def main(argv: list[str], settings: Settings) -> int:
         description="The embedder gRPC service (port REFLEX_GRPC_PORT, default 50051; model REFLEX_MODEL_PATH).",
     ).parse_args(argv)
     settings.log_effective()
+    try:
+        resolve_model_path(settings)  # a missing model is a one-line error, before any port is bound
+    except FileNotFoundError as exc:
+        log.error("%s", exc)
+        return 2
     return asyncio.run(run_until_signalled(EMBEDDER_SPEC, settings))

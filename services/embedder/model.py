@@ -138,7 +138,9 @@ class EmbeddingModel:
         return vectors.cpu().numpy()
 
 
+def resolve_model_path(settings: Settings) -> Path:
+    return local_model_dir(settings.model_path or default_model_path(), what="embedder", setting="REFLEX_MODEL_PATH")
+
+
 def load_embedding_model(settings: Settings) -> EmbeddingModel:
-    path = local_model_dir(settings.model_path or default_model_path(), what="embedder",
-                           setting="REFLEX_MODEL_PATH")
-    return EmbeddingModel(path, settings)
+    return EmbeddingModel(resolve_model_path(settings), settings)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 from collections.abc import Callable
 
 from reflex.config import Settings
 from services.common.grpc_server import ModelServer, run_until_signalled
-from services.verifier.cross_encoder import CrossEncoderModel
+from services.verifier.cross_encoder import CrossEncoderModel, resolve_model_path
 from services.verifier.service import VERIFIER_SPEC
+
+log = logging.getLogger("reflex.verifier")
 
 
 async def start_verifier_server(
@@ -42,4 +45,9 @@ def main(argv: list[str], settings: Settings) -> int:
         description="The verifier gRPC service (port REFLEX_GRPC_PORT, default 50052; model REFLEX_RERANKER_PATH).",
     ).parse_args(argv)
     settings.log_effective()
+    try:
+        resolve_model_path(settings)  # a missing model is a one-line error, before any port is bound
+    except FileNotFoundError as exc:
+        log.error("%s", exc)
+        return 2
     return asyncio.run(run_until_signalled(VERIFIER_SPEC, settings))

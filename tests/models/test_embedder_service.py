@@ -167,6 +167,7 @@ async def test_health_not_serving_until_warm_then_serving_then_drains_on_stop(mi
             await asyncio.to_thread(gated.entered.wait, 30)
             stopping = asyncio.create_task(server.stop(grace=30))
             assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            watch.cancel()  # an open Watch stream is an in-flight RPC too: it would hold the grace period
             gated.open_gate()
             assert len((await in_flight)[0]) == 384
             await stopping

@@ -1,0 +1,44 @@
+"""The CUDA path (bf16/fp16) against the CPU fp32 path, within tolerance. Needs a GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from services.embedder.model import EmbeddingModel, default_model_path
+from services.verifier.cross_encoder import CrossEncoderModel
+from tests.support.models import cosine, model_settings
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+TEXTS = [
+    "How do I center a div in CSS?",
+    "What's the CSS to center a div horizontally and vertically?",
+    "The quick brown fox jumps over the lazy dog. " * 30,
+    "x",
+]
+PAIRS = [(TEXTS[0], t) for t in TEXTS]
+
+
+def run(model: EmbeddingModel | CrossEncoderModel, items: list) -> list:
+    return list(model.forward(model.collate(model.tokenize(items))))
+
+
+def test_cuda_embeddings_match_cpu() -> None:
+    path = default_model_path()
+    cpu = EmbeddingModel(path, model_settings(device="cpu"))
+    gpu = EmbeddingModel(path, model_settings(device="cuda"))
+    assert gpu.runtime.dtype in (torch.bfloat16, torch.float16)
+    for a, b in zip(run(cpu, TEXTS), run(gpu, TEXTS), strict=True):
+        assert cosine(a, b) > 0.995
+
+
+def test_cuda_verifier_scores_match_cpu(tiny_cross_encoder_dir: Path) -> None:
+    cpu = CrossEncoderModel(tiny_cross_encoder_dir, model_settings(device="cpu"))
+    gpu = CrossEncoderModel(tiny_cross_encoder_dir, model_settings(device="cuda"))
+    assert run(gpu, PAIRS) == pytest.approx(run(cpu, PAIRS), abs=0.03)

@@ -26,10 +26,10 @@ raw.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 
 from reflex import tokens
 from reflex.config import ResponseFormat
@@ -119,18 +119,23 @@ def _shorten(question: str | None) -> str | None:
 def _json_answer(content: str) -> Any:
     """The answer as a JSON object or array when the whole content is one, else None.
 
-    Parsed with orjson, which rejects NaN/Infinity and integers beyond 64 bits (text that
-    Python's json would read but other clients might not): such content stays a string.
-    Scalars stay strings too: the content "42" is not the number 42.
+    Python's json rather than orjson: orjson turns integers beyond 64 bits into floats,
+    silently changing the answer. NaN/Infinity (not JSON) and what cannot be read (too deep,
+    too many digits) leave the content as text. Scalars stay text too: the content "42" is
+    not the number 42.
     """
     stripped = content.strip()
     if not stripped or stripped[0] not in "{[":
         return None
     try:
-        value = orjson.loads(stripped)
-    except orjson.JSONDecodeError:
+        value = json.loads(stripped, parse_constant=_not_json)
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, (dict, list)) else None
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _raw_reason(completion: dict[str, Any], request: dict[str, Any], requested: ResponseFormat) -> str | None:

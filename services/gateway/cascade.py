@@ -214,11 +214,20 @@ class Cascade:
 
     # ------------------------------------------------------------------ write-back
     async def store(
-        self, keys: RequestKeys, completion: dict[str, Any], vector: list[float] | None, *, l2: bool = True
+        self, keys: RequestKeys, entry: CachedEntry | dict[str, Any], vector: list[float] | None, *, l2: bool = True
     ) -> None:
         """Write one answer to L1 and (when eligible) L2 together. Runs after the response
-        was sent; a failure is counted and logged, never raised to anyone."""
-        data = CachedEntry(entry_id=keys.l1_key, completion=completion, question=keys.question).to_bytes()
+        was sent; a failure is counted and logged, never raised to anyone.
+
+        ``entry`` is a fresh completion from the upstream, or an entry served by L3 being
+        promoted to L1 (``l2=False``): it keeps the question it was cached for, so a later
+        exact hit still shows what the answer was matched to.
+        """
+        if isinstance(entry, CachedEntry):
+            question, completion = entry.question, entry.completion
+        else:
+            question, completion = keys.question, entry
+        data = CachedEntry(entry_id=keys.l1_key, completion=completion, question=question).to_bytes()
         writes = [self._write("l1", self.l1.name, None, lambda: self.l1.set(keys.l1_key, data))]
         if l2 and self.tiers is not None and keys.question is not None:
             writes.append(self._store_l2(keys, data, vector, self.tiers))

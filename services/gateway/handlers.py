@@ -140,7 +140,7 @@ async def _serve_hit(
     state.metrics.tokens_saved.labels(keys.tenant).inc(max(accounting.tokens_saved, 0))
     if lookup.status == HIT_L3:
         # Promote to L1 so that an exact repeat of this wording skips the models next time.
-        state.spawn(state.cascade.store(keys, lookup.entry.completion, None, l2=False))
+        state.spawn(state.cascade.store(keys, lookup.entry, None, l2=False))
     if not stream:
         return web.json_response(served, dumps=lambda o: orjson.dumps(o).decode(), headers=headers)
     response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})

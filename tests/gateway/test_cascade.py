@@ -22,6 +22,8 @@ from aiohttp.test_utils import TestClient
 from blake3 import blake3
 
 from services.gateway.app import create_app
+from services.gateway.entry import CachedEntry
+from services.gateway.keys import RequestKeys, tenant_id
 from services.gateway.l2 import open_l2_store
 from services.gateway.state import STATE
 from services.gateway.tiers import L2Store, TierUnavailable
@@ -173,6 +175,9 @@ async def test_paraphrase_is_served_after_verification(
     _, headers, _ = await chat(client, PARAPHRASE)
     assert headers["X-Reflex-Status"] == "hit-l1-exact"
     assert len(embedder.calls) == embeds_before
+    promoted = CachedEntry.from_bytes(await client.app[STATE].cascade.l1.get(RequestKeys.of(tenant_id("sk-alice"), {
+        "model": "fake-model", "messages": [{"role": "user", "content": PARAPHRASE}]}).l1_key))
+    assert promoted.question == QUESTION  # still says what the answer was matched to
 
 
 async def test_l3_hit_streams_with_the_requests_model_and_one_fresh_id(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,6 @@ from reflex.eval.modes import Judged, Knobs, Mode, run_cache, run_pairwise
 from reflex.eval.report import DEFINITIONS, render_text, scorer_block
 from reflex.eval.tiers import EvalTiers, open_tiers
 from services.gateway.tiers import TierUnavailable
-
-log = logging.getLogger("reflex.eval")
 
 DEFAULT_TARGETS = (0.01, 0.02, 0.05)
 # Bulk calls wait behind each other in the services' queues, so the gateway's interactive
@@ -120,35 +118,42 @@ def main(argv: list[str], settings: Settings) -> int:
         print(f"reflex eval: {exc}", file=sys.stderr)
         return 2
     try:
-        result = asyncio.run(evaluate(pairs, args, settings, targets))
+        measured = asyncio.run(measure(pairs, args, settings))
     except TierUnavailable as exc:
         print(f"reflex eval: {exc}", file=sys.stderr)
         return 1
+    result = build_result(pairs, measured, args, settings, targets)
+    if args.plot:
+        _plot(pairs, measured, result, args)
     if args.json:
-        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+        sys.stdout.write(orjson.dumps(result).decode() + "\n")
     else:
         print(render_text(result))
-        if args.plot:
-            print(f"plot: {args.plot}")
     return 0
 
 
-async def evaluate(pairs: list[Pair], args: argparse.Namespace, settings: Settings, targets: tuple[float, ...]) -> dict[str, Any]:
+@dataclass(slots=True)
+class Measured:
+    judged: Judged
+    models: dict[str, dict[str, Any]]
+    timings: dict[str, Any]
+
+
+async def measure(pairs: list[Pair], args: argparse.Namespace, settings: Settings) -> Measured:
+    """Everything that talks to the services: embed, (store, search,) score. Raises TierUnavailable."""
     started = time.perf_counter()
     timings: dict[str, Any] = {}
     mode = Mode(args.mode)
-    use_verifier = args.verifier == "service"
-    progress = not (args.json or args.no_progress) and sys.stderr.isatty()
     knobs = Knobs(
         top_k=settings.l2_top_k,
         min_similarity=settings.l2_min_similarity,
         concurrency=args.concurrency,
         timeout=args.timeout,
         ttl_secs=settings.cache_ttl_secs,
-        progress=progress,
+        progress=not (args.json or args.no_progress) and sys.stderr.isatty(),
     )
     async with open_tiers(
-        settings, verifier=use_verifier, l2=mode is Mode.CACHE, call_timeout_secs=args.timeout
+        settings, verifier=args.verifier == "service", l2=mode is Mode.CACHE, call_timeout_secs=args.timeout
     ) as tiers:
         timings["start_s"] = time.perf_counter() - started
         phase = time.perf_counter()
@@ -156,28 +161,48 @@ async def evaluate(pairs: list[Pair], args: argparse.Namespace, settings: Settin
         timings["embed_s"] = time.perf_counter() - phase
         timings["texts_embedded"] = len(vectors)
         timings["texts_from_cache"] = from_cache
-        judged = await _judge(mode, pairs, vectors, tiers, knobs)
+        if mode is Mode.PAIRWISE:
+            judged = await run_pairwise(pairs, vectors, tiers.verifier, knobs)
+        else:
+            assert tiers.l2 is not None
+            judged = await run_cache(pairs, vectors, tiers.l2, tiers.verifier, knobs)
         models = tiers.models
     for name, seconds in judged.timings.items():
         timings[f"{name}_s"] = seconds
     timings["score_calls"] = judged.score_calls
     timings["candidates_scored"] = judged.candidates_scored
     timings["total_s"] = time.perf_counter() - started
+    return Measured(judged, models, timings)
 
-    categories = [p.category for p in pairs]
-    primary: Scored = judged.verifier if judged.verifier is not None else judged.cosine
-    scorer = "verifier" if judged.verifier is not None else "cosine"
+
+def _primary(judged: Judged) -> tuple[str, Scored]:
+    return ("verifier", judged.verifier) if judged.verifier is not None else ("cosine", judged.cosine)
+
+
+def _threshold(
+    judged: Judged, args: argparse.Namespace, settings: Settings, targets: tuple[float, ...]
+) -> tuple[float, str]:
+    """The threshold of the headline numbers, and where it came from."""
     if args.threshold is not None:
-        threshold, source = args.threshold, "--threshold"
-    elif use_verifier:
-        threshold, source = settings.reranker_threshold, "REFLEX_RERANKER_THRESHOLD"
-    else:
-        found = threshold_for_false_hit_rate(primary, targets[0])
-        threshold, source = (found, f"--target-fhr {targets[0]:g}") if found is not None else (1.0, "default 1.0")
+        return args.threshold, "--threshold"
+    if judged.verifier is not None:
+        return settings.reranker_threshold, "REFLEX_RERANKER_THRESHOLD"
+    # Cosine has no configured threshold (REFLEX_RERANKER_THRESHOLD is a probability):
+    # report it where it meets the first false-hit target.
+    found = threshold_for_false_hit_rate(judged.cosine, targets[0])
+    return (found, f"--target-fhr {targets[0]:g}") if found is not None else (1.0, "default 1.0")
 
+
+def build_result(
+    pairs: list[Pair], measured: Measured, args: argparse.Namespace, settings: Settings, targets: tuple[float, ...]
+) -> dict[str, Any]:
+    judged = measured.judged
+    scorer, primary = _primary(judged)
+    threshold, source = _threshold(judged, args, settings, targets)
+    categories = [p.category for p in pairs]
     result: dict[str, Any] = {
         "source": args.pairs,
-        "mode": mode.value,
+        "mode": args.mode,
         "scorer": scorer,
         "threshold": threshold,
         "threshold_source": source,
@@ -185,31 +210,36 @@ async def evaluate(pairs: list[Pair], args: argparse.Namespace, settings: Settin
         "l2_min_similarity": settings.l2_min_similarity,
         **scorer_block(primary, threshold, targets, categories),
     }
-    if mode is Mode.CACHE:
+    if args.mode == Mode.CACHE.value:
         result["entries"] = len({p.a for p in pairs})
         result["exact_repeats"] = judged.exact_repeats
     if judged.verifier is not None:
         # The same run's cosines, so "cosine alone" and "verifier" are compared on equal terms.
         baseline = scorer_block(judged.cosine, _baseline_threshold(judged, targets), targets, categories)
-        result["baseline_cosine"] = {k: v for k, v in baseline.items() if k not in ("per_category",)}
-    result["models"] = models
-    result["timings"] = timings
+        result["baseline_cosine"] = {k: v for k, v in baseline.items() if k != "per_category"}
+    result["models"] = measured.models
+    result["timings"] = measured.timings
     result["definitions"] = DEFINITIONS
     if args.plot:
-        from reflex.eval.plot import plot_sweep
-
-        plot_sweep(
-            args.plot,
-            title=f"reflex eval: {Path(args.pairs).name}, {len(pairs)} pairs, {mode.value} mode",
-            scorer_label="verifier score" if scorer == "verifier" else "cosine similarity",
-            curve=sweep(primary, sweep_grid()),
-            threshold=threshold,
-            threshold_label=source,
-            scored=primary,
-            baseline=judged.cosine if judged.verifier is not None else None,
-            operating_points=[(p["target_false_hit_rate"], p["threshold"]) for p in result["operating_points"]],
-        )
+        result["plot"] = str(args.plot)
     return result
+
+
+def _plot(pairs: list[Pair], measured: Measured, result: dict[str, Any], args: argparse.Namespace) -> None:
+    from reflex.eval.plot import plot_sweep
+
+    scorer, primary = _primary(measured.judged)
+    plot_sweep(
+        args.plot,
+        title=f"reflex eval: {Path(args.pairs).name}, {len(pairs)} pairs, {args.mode} mode",
+        scorer_label="verifier score" if scorer == "verifier" else "cosine similarity",
+        curve=sweep(primary, sweep_grid()),
+        threshold=result["threshold"],
+        threshold_label=result["threshold_source"],
+        scored=primary,
+        baseline=measured.judged.cosine if measured.judged.verifier is not None else None,
+        operating_points=[(p["target_false_hit_rate"], p["threshold"]) for p in result["operating_points"]],
+    )
 
 
 def _baseline_threshold(judged: Judged, targets: tuple[float, ...]) -> float:
@@ -224,7 +254,9 @@ async def _embed(
     from tqdm import tqdm
 
     texts = list(dict.fromkeys([p.a for p in pairs] + [p.b for p in pairs]))
-    cache = None if args.no_embedding_cache else EmbeddingCache(args.cache_dir / "embeddings.sqlite3", tiers.embedder_identity)
+    cache = None
+    if not args.no_embedding_cache:
+        cache = EmbeddingCache(args.cache_dir / "embeddings.sqlite3", tiers.embedder_identity)
     try:
         with tqdm(total=len(texts), desc="embed", unit="text", disable=not knobs.progress, leave=False) as bar:
             return await embed_texts(
@@ -241,13 +273,3 @@ async def _embed(
     finally:
         if cache is not None:
             cache.close()
-
-
-async def _judge(
-    mode: Mode, pairs: list[Pair], vectors: dict[str, np.ndarray], tiers: EvalTiers, knobs: Knobs
-) -> Judged:
-    if mode is Mode.PAIRWISE:
-        return await run_pairwise(pairs, vectors, tiers.verifier, knobs)
-    assert tiers.l2 is not None
-    return await run_cache(pairs, vectors, tiers.l2, tiers.verifier, knobs)
-

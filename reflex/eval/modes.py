@@ -93,7 +93,8 @@ async def run_pairwise(
     passes = [c >= knobs.min_similarity for c in cos]
     duplicate = [p.duplicate for p in pairs]
     # Serving a's answer is right exactly when the pair is a duplicate.
-    cosine_scored = Scored.build([c if ok else NO_CANDIDATE for c, ok in zip(cos, passes, strict=True)], duplicate, duplicate)
+    floored = [c if ok else NO_CANDIDATE for c, ok in zip(cos, passes, strict=True)]
+    cosine_scored = Scored.build(floored, duplicate, duplicate)
     judged = Judged(verifier=None, cosine=cosine_scored)
     if verifier is None:
         return judged

@@ -58,7 +58,11 @@ def plot_sweep(
 
     left.plot(thresholds, pct([m.hit_rate for m in curve]), color="tab:blue", lw=2, label="hit rate (duplicates)")
     left.plot(
-        thresholds, pct([m.false_hit_rate for m in curve]), color="tab:red", lw=2, label="false-hit rate (non-duplicates)"
+        thresholds,
+        pct([m.false_hit_rate for m in curve]),
+        color="tab:red",
+        lw=2,
+        label="false-hit rate (non-duplicates)",
     )
     if any(m.wrong_entry_hits for m in curve):
         left.plot(
@@ -70,24 +74,19 @@ def plot_sweep(
             label="wrong-entry hits on duplicates",
         )
     left.axvline(threshold, color="black", ls="--", lw=1.2, label=f"{threshold_label} = {threshold:.3f}")
-    for target, t in operating_points:
+    # One legend entry per target rather than text on the lines: the lines are often a
+    # hair apart near 1, where labels would overprint each other.
+    styles = [":", "-.", (0, (3, 1, 1, 1, 1, 1)), (0, (5, 2))]
+    for i, (target, t) in enumerate(operating_points):
         if t is not None:
-            left.axvline(t, color="gray", ls=":", lw=1)
-            left.annotate(
-                f"≤{100 * target:g}% false hits",
-                xy=(t, 50),
-                rotation=90,
-                fontsize=8,
-                color="dimgray",
-                ha="right",
-                va="center",
-            )
+            left.axvline(t, color="tab:green", ls=styles[i % len(styles)], lw=1.2,
+                         label=f"≤{100 * target:g}% false hits at {t:.4f}")
     left.set_xlabel(f"threshold ({scorer_label})")
     left.set_ylabel("% of pairs")
     left.set_xlim(min(thresholds), max(thresholds))
     left.set_ylim(0, 100)
     left.grid(alpha=0.3)
-    left.legend(loc="upper right", fontsize=9)
+    left.legend(loc="best", fontsize=8)
     left.set_title("rates against the threshold")
 
     fhr, hit = _trade_off(scored)

@@ -110,7 +110,8 @@ def test_pairwise_known_answers(run: Any, served: Settings, pairs_file: Path, ve
     cats = result["per_category"]
     assert set(cats) == {"same", "collide", "unrelated", "trap"}
     assert (cats["same"]["pairs"], cats["same"]["hit_rate"], cats["same"]["false_hit_rate"]) == (5, 1.0, None)
-    assert (cats["unrelated"]["hits"], cats["unrelated"]["false_hit_rate"], cats["unrelated"]["hit_rate"]) == (0, 0.0, None)
+    unrelated = cats["unrelated"]
+    assert (unrelated["hits"], unrelated["false_hit_rate"], unrelated["hit_rate"]) == (0, 0.0, None)
     assert (cats["collide"]["hits"], cats["trap"]["false_hit_rate"]) == (0, 1.0)
     check_sweep(result)
     if verifier == "service":
@@ -179,7 +180,8 @@ def test_embeddings_are_cached_between_runs(run: Any, served: Settings, pairs_fi
 
 
 @pytest.mark.skipif(
-    not (shipped_verifier_path() / "config.json").is_file(), reason="needs the trained verifier (services/verifier/model)"
+    not (shipped_verifier_path() / "config.json").is_file(),
+    reason="needs the trained verifier (services/verifier/model)",
 )
 def test_identical_questions_pass_the_configured_threshold(run: Any, served: Settings, pairs_file: Path) -> None:
     rc, result, _ = run(served, "--pairs", str(pairs_file), "--json", "--mode", "pairwise")

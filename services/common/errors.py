@@ -8,6 +8,9 @@ low-cardinality ``reason`` for the ``reflex_<svc>_failures_total`` metric.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 import grpc
 
 
@@ -42,12 +45,12 @@ class InferenceFailed(ModelServiceError):
 
 
 # The one table. Anything not listed (a bug) is INTERNAL.
-STATUS_BY_ERROR: dict[type[ModelServiceError], grpc.StatusCode] = {
+STATUS_BY_ERROR: Mapping[type[ModelServiceError], grpc.StatusCode] = MappingProxyType({
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NotServing: grpc.StatusCode.UNAVAILABLE,
     InferenceFailed: grpc.StatusCode.INTERNAL,
-}
+})
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode:

@@ -71,6 +71,7 @@ class ModelServer(Generic[BackendT]):
         self._load_backend = load_backend or spec.load_backend
         self._server: grpc.aio.Server | None = None
         self._ready: asyncio.Task[None] | None = None
+        self._warm = False  # set once the warm-up batch succeeded, together with health SERVING
         self._stopped = False
 
     @property
@@ -79,7 +80,7 @@ class ModelServer(Generic[BackendT]):
 
     @property
     def serving(self) -> bool:
-        return self.batcher is not None and self._ready is not None and self._ready.done() and not self._stopped
+        return self._warm and not self._stopped
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, port: int) -> int:
@@ -146,13 +147,14 @@ class ModelServer(Generic[BackendT]):
         except Exception:
             log.exception("%s: loading or warming the model failed; staying NOT_SERVING", self.spec.name)
             raise
+        self._warm = True
         for service in ("", self.spec.grpc_service):
             await self.health.set(service, SERVING)
         log.info("%s: model loaded and warm, SERVING", self.spec.name)
 
     # ------------------------------------------------------------------ for servicers
     def require_batcher(self) -> DynamicBatcher[Any, Any]:
-        if not self.serving or self.batcher is None:
+        if self.batcher is None or not self.serving:
             raise NotServing(f"{self.spec.name} is not serving (model loading, or shutting down)")
         return self.batcher
 

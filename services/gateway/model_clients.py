@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -32,7 +33,7 @@ _SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 # A model replica that restarts (rollout, OOM kill) should get traffic again within seconds;
 # gRPC's default reconnect backoff grows to 120 s. Capping it at 2 s costs at most one
 # connection attempt per address every 2 s while a replica is down.
-_CHANNEL_OPTIONS: list[tuple[str, object]] = [
+_CHANNEL_OPTIONS: tuple[tuple[str, object], ...] = (
     ("grpc.service_config", _SERVICE_CONFIG),
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
@@ -42,14 +43,14 @@ _CHANNEL_OPTIONS: list[tuple[str, object]] = [
     # Keepalive finds a dead peer (a node gone without a FIN) on an idle channel.
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
-]
+)
 
 # gRPC status -> TierUnavailable.reason (low-cardinality metric label on the gateway side).
-_REASON_BY_STATUS: dict[grpc.StatusCode, str] = {
+_REASON_BY_STATUS: Mapping[grpc.StatusCode, str] = MappingProxyType({
     grpc.StatusCode.DEADLINE_EXCEEDED: "timeout",
     grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded",
     grpc.StatusCode.UNAVAILABLE: "unavailable",
-}
+})
 
 
 @dataclass(frozen=True, slots=True)

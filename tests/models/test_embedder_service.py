@@ -178,3 +178,25 @@ async def test_health_not_serving_until_warm_then_serving_then_drains_on_stop(mi
             gated.open_gate()
             await c.close()
             await server.stop(0)
+
+
+class BrokenForward(GatedBackend):
+    def forward(self, batch: object) -> object:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+async def test_failed_warm_up_never_turns_serving(minilm_model: EmbeddingModel) -> None:
+    server = await start_embedder_server(model_settings(), 0, wait_ready=False,
+                                         load_backend=lambda _s: BrokenForward(minilm_model))
+    c = GrpcEmbedder(f"127.0.0.1:{server.port}")
+    try:
+        with pytest.raises(Exception, match="forward pass failed"):
+            await server.wait_ready()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            assert await _health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(TierUnavailable) as err:
+            await c.embed(["anyone there?"], timeout=10)
+        assert err.value.reason == "unavailable"
+    finally:
+        await c.close()
+        await server.stop(0)

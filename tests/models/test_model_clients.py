@@ -50,6 +50,16 @@ async def test_round_robin_spreads_calls_over_all_replicas(two_replicas: list[Ru
     assert all(n >= 10 for n in served), served  # pick_first would give [40, 0]
 
 
+async def test_dns_target_resolves_and_serves(two_replicas: list[RunningServer]) -> None:
+    # The form a Kubernetes headless Service takes (dns:///reflex-embedder:50051).
+    client = GrpcEmbedder(f"dns:///localhost:{two_replicas[0].port}")
+    try:
+        assert len((await client.embed(["resolved by name"], timeout=60))[0]) == 384
+        await client.check()
+    finally:
+        await client.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

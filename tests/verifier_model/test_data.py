@@ -1,0 +1,75 @@
+"""The data recipe: the QQP split by question, and the seeded generator."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+from services.verifier.training.data import (
+    Pair,
+    build_training_set,
+    questions,
+    read_pairs,
+    split_by_question,
+    write_pairs,
+)
+from services.verifier.training.generate import generate_pairs
+
+# The examples the model tests assert on (and the issue's): they must be learned, not memorised.
+SEED_EXAMPLES = [
+    "How to sort ascending?", "How to sort descending?", "Python quicksort", "Rust quicksort",
+    "How do I enable 2FA?", "How do I disable 2FA?", "How do I center a div in CSS?",
+    "What's the CSS to center a div horizontally and vertically?", "Convert a string to an integer in JavaScript",
+    "How do I parse a string into an int in JS?",
+]
+
+
+def test_split_puts_no_question_on_both_sides(qqp_pairs):
+    pairs = qqp_pairs
+    train, val = split_by_question(pairs, validation_fraction=0.3)
+    assert train and val
+    assert len(train) + len(val) == len(pairs)
+    assert not questions(train) & questions(val)
+
+
+def test_split_is_deterministic_and_independent_of_order(tmp_path: Path, qqp_pairs):
+    pairs = qqp_pairs
+    train, val = split_by_question(pairs, 0.3)
+    shuffled = list(pairs)
+    random.Random(7).shuffle(shuffled)
+    train2, val2 = split_by_question(shuffled, 0.3)
+    assert set(val) == set(val2) and set(train) == set(train2)
+    # Round trip through the JSONL format `reflex eval --pairs` reads.
+    path = tmp_path / "val.jsonl.gz"
+    assert write_pairs(path, val) == len(val)
+    assert read_pairs(path) == val
+
+
+def test_generator_is_deterministic_for_a_seed():
+    a = generate_pairs(400, seed=3)
+    assert a == generate_pairs(400, seed=3)
+    assert a != generate_pairs(400, seed=4)
+
+
+def test_generator_mixes_labels_and_hard_negative_kinds():
+    pairs = generate_pairs(3000, seed=1)
+    labels = Counter(p.duplicate for p in pairs)
+    assert 0.35 < labels[True] / len(pairs) < 0.65
+    kinds = Counter(p.category for p in pairs if not p.duplicate)
+    for kind in ("antonym", "negation", "entity", "number", "scope", "swap"):
+        assert kinds[kind] > 0, kind
+    assert all(p.a != p.b for p in pairs)
+    assert all("{" not in p.a + p.b and "|" not in p.a + p.b for p in pairs)
+
+
+def test_seed_examples_are_never_generated_verbatim():
+    texts = {t.lower().strip() for p in generate_pairs(30000, seed=13) for t in (p.a, p.b)}
+    assert not texts & {s.lower() for s in SEED_EXAMPLES}
+
+
+def test_training_set_is_seeded_and_adds_generated_pairs(qqp_pairs):
+    qqp = qqp_pairs
+    a = build_training_set(qqp, seed=5, generated=50, qqp_limit=20)
+    assert a == build_training_set(qqp, seed=5, generated=50, qqp_limit=20)
+    assert Counter(p.source == "qqp" for p in a) == {True: 20, False: 50}

@@ -12,6 +12,7 @@
 Every server runs in its own process (fake upstream, gateway, bare handler), so none of
 them shares a GIL with the client. Usage:
     python scripts/bench_gateway.py [--requests 400] [--duration 5] [--connections 32] [--redis]
+    python scripts/bench_gateway.py --semantic [--requests 200]   (issue 3's L3-hit / miss p50)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -93,19 +95,30 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-async def latencies(url: str, n: int, *, unique: bool, check_status: str | None) -> list[float]:
+Request = tuple[dict, dict]  # (JSON body, headers)
+
+
+def same_request(i: int) -> Request:
+    return BODY, HEADERS
+
+
+def new_question(i: int) -> Request:
+    return dict(BODY, messages=[{"role": "user", "content": f"question {time.time_ns()} {i}"}]), HEADERS
+
+
+async def latencies(url: str, n: int, make: Callable[[int], Request], check_status: str | None, warmup: int = 20) -> list[float]:
     out: list[float] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
-        for i in range(n + 20):  # the first 20 warm up connections and caches
-            body = dict(BODY, messages=[{"role": "user", "content": f"question {time.time_ns()} {i}"}]) if unique else BODY
+        for i in range(n + warmup):  # the first requests warm up connections and caches
+            body, headers = make(i)
             started = time.perf_counter()
-            async with session.post(url, json=body, headers=HEADERS) as response:
+            async with session.post(url, json=body, headers=headers) as response:
                 await response.read()
                 elapsed = time.perf_counter() - started
                 assert response.status == 200, response.status
-                if check_status is not None and i >= 20:
+                if check_status is not None and i >= warmup:
                     assert response.headers["X-Reflex-Status"] == check_status, response.headers["X-Reflex-Status"]
-            if i >= 20:
+            if i >= warmup:
                 out.append(elapsed * 1000)
     return out
 
@@ -164,10 +177,10 @@ async def run(args: argparse.Namespace) -> None:
         await wait_up(f"http://127.0.0.1:{gateway_port}/healthz")
         await wait_up(f"http://127.0.0.1:{bare_port}/", timeout=30)
 
-        direct = await latencies(upstream, args.requests, unique=False, check_status=None)
-        hit = await latencies(gateway, args.requests, unique=False, check_status="hit-l1-exact")
-        miss = await latencies(gateway, args.requests, unique=True, check_status="miss")
-        direct_again = await latencies(upstream, args.requests, unique=True, check_status=None)
+        direct = await latencies(upstream, args.requests, same_request, None)
+        hit = await latencies(gateway, args.requests, same_request, "hit-l1-exact")
+        miss = await latencies(gateway, args.requests, new_question, "miss")
+        direct_again = await latencies(upstream, args.requests, new_question, None)
         base = direct + direct_again
         p50_base, p99_base = percentile(base, 50), percentile(base, 99)
         print(f"L1 backend: {'redis' if redis else 'memory'}; {args.requests} sequential requests per series")
@@ -195,13 +208,104 @@ async def run(args: argparse.Namespace) -> None:
             redis.stop()
 
 
+async def stage_means(metrics_url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(metrics_url) as response:
+        text = await response.text()
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        for suffix, into in (("_sum", sums), ("_count", counts)):
+            prefix = f"reflex_gateway_lookup_seconds{suffix}{{stage=\""
+            if line.startswith(prefix):
+                stage = line[len(prefix):].split('"')[0]
+                into[stage] = float(line.rsplit(" ", 1)[1])
+    return ", ".join(f"{stage} {1000 * sums[stage] / counts[stage]:.2f} ms" for stage in sums if counts.get(stage))
+
+
+async def run_semantic(args: argparse.Namespace) -> None:
+    """L3-verified hits and misses through `reflex serve` (real MiniLM embedder, real verifier
+    gRPC service, Qdrant Edge), against the fake upstream called directly.
+
+    Without the trained verifier shipped, a small untrained cross-encoder stands in, and the
+    threshold is set to 0 so that every lookup with a candidate takes the full L3 path: this
+    measures latency only, never hit quality.
+    """
+    from services.verifier.cross_encoder import default_model_path as shipped_verifier
+    from tests.support.models import build_tiny_cross_encoder
+
+    upstream_port, gateway_port = free_port(), free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        verifier_dir = shipped_verifier()
+        if not (verifier_dir / "config.json").exists():
+            verifier_dir = build_tiny_cross_encoder(Path(tmp) / "verifier")
+        try:
+            procs.append(spawn([sys.executable, "-m", "tests.support.fake_upstream", "--port", str(upstream_port)]))
+            procs.append(spawn(
+                [sys.executable, "-c", "import sys; from reflex.cli import main; sys.exit(main(['serve']))"],
+                {
+                    "REFLEX_PORT": str(gateway_port),
+                    "REFLEX_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}/v1",
+                    "REFLEX_STORAGE_PATH": str(Path(tmp) / "data"),
+                    "REFLEX_RERANKER_PATH": str(verifier_dir),
+                    "REFLEX_RERANKER_THRESHOLD": "0",
+                    "REFLEX_L2_MIN_SIMILARITY": "-1",
+                    "REFLEX_LOG_LEVEL": "WARNING",
+                },
+            ))
+            upstream = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
+            gateway = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
+            await wait_up(f"http://127.0.0.1:{upstream_port}/v1/models")
+            await wait_up(f"http://127.0.0.1:{gateway_port}/ready", timeout=300)
+            n, warm = args.requests, 10
+
+            def question(i: int) -> Request:
+                text = f"How do I sort a list of {i} numbers in Python?"
+                return dict(BODY, messages=[{"role": "user", "content": text}]), {**HEADERS, "X-Reflex-Cache": "refresh"}
+
+            def paraphrase(i: int) -> Request:
+                text = f"What is the way to sort {i} numbers in a Python list?"
+                return dict(BODY, messages=[{"role": "user", "content": text}]), HEADERS
+
+            def lonely_miss(i: int) -> Request:
+                # a tenant of its own: L2 has no candidate, so the miss pays embed + search only
+                body, headers = new_question(i)
+                return body, {**headers, "Authorization": f"Bearer sk-bench-{time.time_ns()}"}
+
+            await latencies(gateway, n + warm, question, "bypass", warmup=0)  # store the questions
+            await asyncio.sleep(2.0)  # their background writes (embed + upsert) finish
+            l3 = await latencies(gateway, n, paraphrase, "hit-l3-verified", warmup=warm)
+            miss = await latencies(gateway, n, lonely_miss, "miss", warmup=warm)
+            direct = await latencies(upstream, n, new_question, None, warmup=warm)
+            p50 = percentile(direct, 50)
+            print(f"Semantic tiers via `reflex serve` (MiniLM embedder, verifier {verifier_dir.name}, Qdrant Edge); "
+                  f"{n} sequential requests per series")
+            print(f"  fake upstream direct   : {fmt(direct)}")
+            print(f"  gateway, L3-verified hit: {fmt(l3)}   ({percentile(l3, 50) / p50:.1f}x of direct, "
+                  f"added p50 {percentile(l3, 50) - p50:+.2f} ms)")
+            print(f"  gateway, miss (no cand.): {fmt(miss)}   ({percentile(miss, 50) / p50:.1f}x of direct, "
+                  f"added p50 {percentile(miss, 50) - p50:+.2f} ms)")
+            print("  mean time per lookup stage (gateway /metrics, all series): " + await stage_means(
+                f"http://127.0.0.1:{gateway_port}/metrics"))
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=400, help="sequential requests per latency series")
     parser.add_argument("--duration", type=int, default=5, help="seconds of load per throughput run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--redis", action="store_true", help="use a throwaway redis-server as L1")
-    asyncio.run(run(parser.parse_args()))
+    parser.add_argument("--semantic", action="store_true", help="measure L3-verified hits and misses via `reflex serve`")
+    args = parser.parse_args()
+    asyncio.run(run_semantic(args) if args.semantic else run(args))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import orjson
 from reflex.config import Settings
 from reflex.eval.data import FOW_CACHE, Pair, PairsError, load_pairs
 from reflex.eval.embedding import EmbeddingCache, embed_texts
-from reflex.eval.metrics import Scored, sweep, sweep_grid, threshold_for_false_hit_rate
+from reflex.eval.metrics import Scored, metrics_at, sweep, sweep_grid, threshold_for_false_hit_rate
 from reflex.eval.modes import Judged, Knobs, Mode, run_cache, run_pairwise
 from reflex.eval.report import DEFINITIONS, render_text, scorer_block
 from reflex.eval.tiers import EvalTiers, open_tiers
@@ -213,6 +213,12 @@ def build_result(
     if args.mode == Mode.CACHE.value:
         result["entries"] = len({p.a for p in pairs})
         result["exact_repeats"] = judged.exact_repeats
+        lenient = judged.verifier_by_groups if judged.verifier is not None else judged.cosine_by_groups
+        if lenient is not None:
+            # The same hits, judged with entries the labels join to b counted right, at the
+            # headline threshold and at each operating point's (strict) threshold.
+            at = [threshold] + [p["threshold"] for p in result["operating_points"] if p["threshold"] is not None]
+            result["by_duplicate_groups"] = [metrics_at(lenient, t).as_dict() for t in at]
     if judged.verifier is not None:
         # The same run's cosines, so "cosine alone" and "verifier" are compared on equal terms.
         baseline = scorer_block(judged.cosine, _baseline_threshold(judged, targets), targets, categories)

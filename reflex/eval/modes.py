@@ -51,6 +51,10 @@ class Knobs:
 class Judged:
     verifier: Scored | None  # None with --verifier none
     cosine: Scored
+    # Cache mode only: the same rows with an entry counted right when the labels make it a
+    # duplicate of b (see DuplicateGroups). Informational; the headline rule stays strict.
+    verifier_by_groups: Scored | None = None
+    cosine_by_groups: Scored | None = None
     exact_repeats: int = 0  # cache mode: queries whose exact text is a stored question
     score_calls: int = 0
     candidates_scored: int = 0
@@ -158,6 +162,42 @@ def served_is_right(pair: Pair, served_question: str) -> bool:
     return False
 
 
+class DuplicateGroups:
+    """Questions joined by the file's duplicate labels (union-find over every duplicate pair).
+
+    QQP is built from groups of questions that all ask the same thing, so a query's best
+    match in a full cache is often *another* member of its group: wrong by the strict rule
+    (not the pair's own a), yet right by the labels, since a~b and a'~b. Reporting that view
+    beside the strict one shows how much of the wrong-entry count is this artefact.
+    """
+
+    def __init__(self, pairs: Sequence[Pair]) -> None:
+        self._parent: dict[str, str] = {}
+        for pair in pairs:
+            if pair.duplicate:
+                self._union(pair.a, pair.b)
+
+    def _find(self, text: str) -> str:
+        parent = self._parent.setdefault(text, text)
+        while parent != self._parent[parent]:
+            self._parent[parent] = self._parent[self._parent[parent]]  # path halving
+            parent = self._parent[parent]
+        return parent
+
+    def _union(self, a: str, b: str) -> None:
+        self._parent[self._find(a)] = self._find(b)
+
+    def same(self, a: str, b: str) -> bool:
+        return a == b or self._find(a) == self._find(b)
+
+
+def served_is_right_by_groups(pair: Pair, served_question: str, groups: DuplicateGroups) -> bool:
+    """Like ``served_is_right``, but any entry the labels join to ``b`` is right too."""
+    if served_question == pair.a and not pair.duplicate:
+        return False  # the label says no for this very pair, whatever transitivity suggests
+    return served_is_right(pair, served_question) or groups.same(served_question, pair.b)
+
+
 async def run_cache(
     pairs: Sequence[Pair],
     vectors: dict[str, np.ndarray],
@@ -199,13 +239,27 @@ async def run_cache(
         cands = candidates[query]
         return max(cands, key=lambda c: c.similarity) if cands else None
 
+    groups = DuplicateGroups(pairs)
+
+    def scored(best_score: list[float], served: list[str | None]) -> tuple[Scored, Scored]:
+        strict = [served_is_right(p, s) if s is not None else False for p, s in zip(pairs, served, strict=True)]
+        by_groups = [
+            served_is_right_by_groups(p, s, groups) if s is not None else False
+            for p, s in zip(pairs, served, strict=True)
+        ]
+        return Scored.build(best_score, strict, duplicate), Scored.build(best_score, by_groups, duplicate)
+
     top = [nearest(p.b) for p in pairs]
-    cosine_scored = Scored.build(
-        [c.similarity if c else NO_CANDIDATE for c in top],
-        [served_is_right(p, c.question) if c else False for p, c in zip(pairs, top, strict=True)],
-        duplicate,
+    cosine_scored, cosine_by_groups = scored(
+        [c.similarity if c else NO_CANDIDATE for c in top], [c.question if c else None for c in top]
     )
-    judged = Judged(verifier=None, cosine=cosine_scored, exact_repeats=exact_repeats, timings=timings)
+    judged = Judged(
+        verifier=None,
+        cosine=cosine_scored,
+        cosine_by_groups=cosine_by_groups,
+        exact_repeats=exact_repeats,
+        timings=timings,
+    )
     if verifier is None:
         return judged
 
@@ -217,17 +271,18 @@ async def run_cache(
     judged.candidates_scored = sum(len(r[1]) for r in scores)
 
     best_score: list[float] = []
-    right: list[bool] = []
+    served: list[str | None] = []
     for pair in pairs:
         request = requests[pair.b]
         if not request[1]:
             best_score.append(NO_CANDIDATE)
-            right.append(False)
+            served.append(None)
             continue
         query_scores = scores[request]
-        # The best score is served; on a tie the earlier (more similar) candidate wins.
+        # The best score is served, as the gateway does; on a tie the earlier (more similar)
+        # candidate wins.
         best = int(np.argmax(query_scores))
         best_score.append(query_scores[best])
-        right.append(served_is_right(pair, candidates[pair.b][best].question))
-    judged.verifier = Scored.build(best_score, right, duplicate)
+        served.append(candidates[pair.b][best].question)
+    judged.verifier, judged.verifier_by_groups = scored(best_score, served)
     return judged

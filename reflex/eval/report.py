@@ -12,7 +12,8 @@ DEFINITIONS = (
     "false-hit rate = non-duplicates served a wrong answer / non-duplicates; "
     "precision = right hits / all hits; "
     "wrong-entry hit (cache mode) = a duplicate served another stored question's answer, counted as wrong; "
-    "a stored question textually identical to the query is always right."
+    "a stored question textually identical to the query is always right; "
+    "'by duplicate groups' also counts as right any entry joined to the query by duplicate labels."
 )
 
 # The sweep rows printed as text: coarse below 0.9, denser where verifiers decide.
@@ -95,6 +96,13 @@ def render_text(result: dict[str, Any]) -> str:
             t = point["threshold"]
             label = f"{name} ≤{100 * point['target_false_hit_rate']:g}% -> " + ("n/a" if t is None else f"{t:.4f}")
             lines.append(_row(label, point, width, wrong))
+
+    if result.get("by_duplicate_groups"):
+        lines.append("")
+        lines.append("the same hits, counting an entry the labels make a duplicate of b (a~b, a'~b) as right:")
+        lines.append(_header("threshold", width, wrong))
+        for m in result["by_duplicate_groups"]:
+            lines.append(_row(f"{m['threshold']:.4f}", m, width, wrong))
 
     if result["per_category"]:
         lines.append("")

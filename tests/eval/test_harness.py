@@ -142,6 +142,26 @@ def test_cache_mode_counts_the_wrong_entry(run: Any, served: Settings, pairs_fil
     if verifier == "service":
         # One Score call per distinct query with a candidate, one candidate each.
         assert (result["timings"]["score_calls"], result["timings"]["candidates_scored"]) == (6, 6)
+    # No stored question is joined to another by the labels here, so both views agree.
+    by_groups = result["by_duplicate_groups"][0]
+    assert by_groups["threshold"] == result["threshold"] and by_groups["right_hits"] == result["right_hits"]
+
+
+def test_cache_mode_duplicate_groups_view(run: Any, served: Settings, tmp_path: Path) -> None:
+    # Both pairs ask "Who is the author of Hamlet?"; the second stores it (up to a doubled
+    # space), so the first pair is served the second's entry: wrong by the strict rule, right
+    # by the labels (a1 ~ b ~ a2).
+    b = "Who is the author of Hamlet?"
+    rows = [{"a": "Who wrote the play Hamlet?", "b": b, "duplicate": True},
+            {"a": b.replace("of", "of "), "b": b, "duplicate": True}]
+    path = tmp_path / "groups.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rc, result, _ = run(served, "--pairs", str(path), "--json", "--verifier", "none", "--threshold", "0.9")
+    assert rc == 0
+    assert (result["hits"], result["right_hits"], result["wrong_entry_hits"]) == (2, 1, 1)
+    by_groups = result["by_duplicate_groups"][0]
+    assert (by_groups["hits"], by_groups["right_hits"], by_groups["wrong_entry_hits"]) == (2, 2, 0)
+    assert by_groups["precision"] == 1.0 and result["precision"] == 0.5
 
 
 def test_the_threshold_for_a_target_false_hit_rate(run: Any, served: Settings, pairs_file: Path) -> None:

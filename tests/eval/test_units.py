@@ -110,3 +110,23 @@ def test_embedding_cache_round_trip_and_model_isolation(tmp_path) -> None:  # no
     other = EmbeddingCache(path, "minilm|384|float16|256")
     assert other.get_many(list(vectors)) == {}
     other.close()
+
+
+def test_duplicate_groups_view() -> None:
+    from reflex.eval.modes import DuplicateGroups, served_is_right_by_groups
+
+    pairs = [
+        Pair("x", "y", True),
+        Pair("z", "y", True),  # z ~ y ~ x: one group
+        Pair("x", "w", False),
+        Pair("q", "r", True),
+    ]
+    groups = DuplicateGroups(pairs)
+    assert groups.same("x", "z") and groups.same("w", "w") and not groups.same("x", "q")
+    # Pair (x, y) served z: wrong by the strict rule, right by the groups.
+    assert served_is_right(pairs[0], "z") is False
+    assert served_is_right_by_groups(pairs[0], "z", groups) is True
+    # Another group stays wrong.
+    assert served_is_right_by_groups(pairs[0], "q", groups) is False
+    # The pair's own label wins over transitivity.
+    assert served_is_right_by_groups(pairs[2], "x", groups) is False

@@ -287,6 +287,13 @@ def test_every_setting_the_chart_sets_is_a_real_setting(value_set: Rendered) -> 
     assert names - fields == set()
 
 
+def test_rendered_settings_parse(value_set: Rendered) -> None:
+    # Every value the chart puts in a ConfigMap must be one the service accepts at start-up.
+    for cm in value_set.kind("ConfigMap"):
+        overrides = {name.removeprefix("REFLEX_").lower(): value for name, value in cm["data"].items()}
+        Settings(**overrides)  # raises ValidationError on a bad type or range
+
+
 # ------------------------------------------------------------------ secrets
 
 

@@ -191,6 +191,13 @@ def test_compose_sets_only_real_settings() -> None:
     assert names <= SETTING_NAMES, names - SETTING_NAMES
 
 
+def test_compose_settings_parse(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        values = {k.removeprefix("REFLEX_").lower(): v for k, v in service.get("environment", {}).items()
+                  if k.startswith("REFLEX_") and v is not None and "${" not in str(v)}
+        Settings(**values)  # a value the service would refuse at start-up fails here
+
+
 def test_compose_builds_the_images_the_chart_deploys(compose: dict[str, Any], chart_values: dict[str, Any]) -> None:
     chart = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
     for name in SERVICES:

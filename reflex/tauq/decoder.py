@@ -94,17 +94,15 @@ def _word(word: str, text: str, pos: int) -> tuple[str, Any, int]:
 
 
 def _describe(kind: str, value: Any) -> str:
-    if kind == "\n":
-        return "end of line"
     if kind in (WORD, SCALAR):
-        return repr(value) if kind == WORD else f"{value!r}"
+        return repr(value)
     if kind == STRING:
         return "a quoted string"
     if kind == DIRECTIVE:
         return f"!{value}"
-    if kind == EOF:
-        return EOF
-    return repr(kind)
+    if kind == "\n":
+        return "the end of the line"
+    return kind if kind == EOF else repr(kind)
 
 
 class _Parser:

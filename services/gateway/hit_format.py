@@ -30,7 +30,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-
 from reflex import tokens
 from reflex.config import ResponseFormat
 from reflex.tauq import TauqError, dumps
@@ -92,14 +91,17 @@ def format_hit(
 
 def envelope(question: str | None, content: str) -> str:
     """The Tauq document served for one cached answer."""
-    matched = _shorten(question)
+    response: dict[str, Any] = {"content": content}
+    document = {"semantic_request": _shorten(question), "response": response}
     structured = _json_answer(content)
     if structured is not None:
+        response["content"] = structured
         try:
-            return dumps({"semantic_request": matched, "response": {"content": structured}})
+            return dumps(document)
         except TauqError:
-            structured = None  # nested deeper than the codec goes: serve it as the text it is
-    return dumps({"semantic_request": matched, "response": {"content": content}})
+            # nested deeper than the codec goes: serve the answer as the text it is
+            response["content"] = content
+    return dumps(document)
 
 
 def _shorten(question: str | None) -> str | None:

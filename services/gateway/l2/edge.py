@@ -131,8 +131,12 @@ class EdgeL2Store:
         )
         # At start-up a stall is harmless (nothing is served yet), so catch up on the housekeeping
         # a previous run left: expired points out, then the index built over what remains.
-        await loop.run_in_executor(worker, store._purge_blocking)
-        await loop.run_in_executor(worker, store._optimize_blocking)
+        try:
+            await loop.run_in_executor(worker, store._purge_blocking)
+            await loop.run_in_executor(worker, store._optimize_blocking)
+        except BaseException:
+            await store.close()  # release the WAL lock, or no later open could succeed
+            raise
         return store
 
     # ------------------------------------------------------------------ L2Store

@@ -11,16 +11,19 @@ integration tests; it reuses ``start_gateway(embedder=..., verifier=..., l2=...)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from blake3 import blake3
 
+from reflex.config import Settings
 from services.gateway.app import create_app
 from services.gateway.entry import CachedEntry
 from services.gateway.keys import RequestKeys, tenant_id
@@ -29,8 +32,10 @@ from services.gateway.state import STATE
 from services.gateway.tiers import L2Store, TierUnavailable
 from tests.gateway.conftest import RAW, gateway_settings
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.loop_thread import LoopThread
 
 DIM = 32
+TEST_KEY = web.AppKey("test_api_key", str)
 CHAT = "/v1/chat/completions"
 QUESTION = "How do I center a div in CSS?"
 PARAPHRASE = "What's the CSS to center a div horizontally and vertically?"
@@ -101,11 +106,46 @@ class ControlledVerifier:
         return None
 
 
+class ThreadBoundL2:
+    """Forwards every call to a store living on its own loop thread.
+
+    Opening an Edge shard costs about a second, so the module shares one; each test gets an
+    event loop of its own, and the store must keep running on the loop it was opened on.
+    Tests stay independent because each uses a tenant of its own (see ``make_client``).
+    """
+
+    def __init__(self, store: L2Store, thread: LoopThread) -> None:
+        self._store, self._thread = store, thread
+
+    async def _on_thread(self, coro: Any) -> Any:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._thread.loop))
+
+    async def search(self, **kwargs: Any) -> Any:
+        return await self._on_thread(self._store.search(**kwargs))
+
+    async def upsert(self, **kwargs: Any) -> None:
+        await self._on_thread(self._store.upsert(**kwargs))
+
+    async def check(self) -> None:
+        await self._on_thread(self._store.check())
+
+    async def close(self) -> None:
+        return None  # the module fixture closes the real store
+
+
+@pytest.fixture(scope="module")
+def shared_l2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadBoundL2]:
+    thread = LoopThread("l2-store")
+    settings = Settings(storage_path=tmp_path_factory.mktemp("l2"), semantic=True)
+    store = thread.run(open_l2_store(settings, DIM))
+    yield ThreadBoundL2(store, thread)
+    thread.run(store.close())
+    thread.close()
+
+
 @pytest.fixture
-async def l2(tmp_path: Path, fake_upstream: FakeUpstream) -> AsyncIterator[L2Store]:
-    store = await open_l2_store(gateway_settings(fake_upstream, storage_path=tmp_path), DIM)
-    yield store
-    await store.close()
+def l2(shared_l2: ThreadBoundL2) -> ThreadBoundL2:
+    return shared_l2
 
 
 @pytest.fixture
@@ -125,7 +165,9 @@ def make_client(
     async def make(**overrides: Any) -> TestClient:
         values = {"semantic": True, "embedder_timeout_ms": 300, "verifier_timeout_ms": 300, **overrides}
         settings = gateway_settings(fake_upstream, **values)
-        return await aiohttp_client(create_app(settings, embedder=embedder, verifier=verifier, l2=l2))
+        app = create_app(settings, embedder=embedder, verifier=verifier, l2=l2)
+        app[TEST_KEY] = f"sk-{uuid.uuid4().hex}"  # a tenant of this test's own in the shared L2
+        return await aiohttp_client(app)
 
     return make
 
@@ -139,13 +181,14 @@ async def chat(
     client: TestClient,
     question: str | None = None,
     *,
-    key: str = "sk-alice",
+    key: str | None = None,
     model: str = "fake-model",
     messages: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> tuple[int, dict[str, str], Any]:
     body = {"model": model, "messages": messages or [{"role": "user", "content": question}], **extra}
+    key = key or client.app[TEST_KEY]
     response = await client.post(CHAT, json=body, headers={"Authorization": f"Bearer {key}", **RAW, **(headers or {})})
     data = await response.read()
     await client.app[STATE].settle()  # the background write is done before the next request
@@ -175,7 +218,7 @@ async def test_paraphrase_is_served_after_verification(
     _, headers, _ = await chat(client, PARAPHRASE)
     assert headers["X-Reflex-Status"] == "hit-l1-exact"
     assert len(embedder.calls) == embeds_before
-    promoted = CachedEntry.from_bytes(await client.app[STATE].cascade.l1.get(RequestKeys.of(tenant_id("sk-alice"), {
+    promoted = CachedEntry.from_bytes(await client.app[STATE].cascade.l1.get(RequestKeys.of(tenant_id(client.app[TEST_KEY]), {
         "model": "fake-model", "messages": [{"role": "user", "content": PARAPHRASE}]}).l1_key))
     assert promoted.question == QUESTION  # still says what the answer was matched to
 
@@ -282,9 +325,9 @@ async def test_tenant_model_and_context_isolation(
     client: TestClient, fake_upstream: FakeUpstream, verifier: ControlledVerifier
 ) -> None:
     verifier.default = 1.0
-    await chat(client, QUESTION, key="sk-alice")
+    await chat(client, QUESTION)
     cases = {
-        "other tenant": dict(key="sk-bob"),
+        "other tenant": dict(key=client.app[TEST_KEY] + "-bob"),
         "other model": dict(model="other-model"),
         "other system prompt": dict(messages=[{"role": "system", "content": "Answer in French."}, {"role": "user", "content": PARAPHRASE}]),
         "other sampling": dict(temperature=1.5),
@@ -361,7 +404,9 @@ async def test_tiers_built_from_settings_degrade_when_the_services_are_down(
         storage_path=tmp_path,
         embedder_timeout_ms=500,
     )
-    client = await aiohttp_client(create_app(settings))
+    app = create_app(settings)
+    app[TEST_KEY] = "sk-anyone"
+    client = await aiohttp_client(app)
     status, headers, body = await chat(client, QUESTION)
     assert status == 200 and headers["X-Reflex-Status"] == "miss"
     assert body["choices"][0]["message"]["content"] == f"Answer #1 to: {QUESTION}"

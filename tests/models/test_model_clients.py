@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,14 +61,20 @@ async def test_dns_target_resolves_and_serves(two_replicas: list[RunningServer])
         await client.close()
 
 
+def read_url(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return reply.read().decode()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start_embedder_process(port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "REFLEX_GRPC_PORT": str(port), "REFLEX_TORCH_THREADS": "1", "REFLEX_LOG_LEVEL": "WARNING"}
+def start_embedder_process(port: int, metrics_port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "REFLEX_GRPC_PORT": str(port), "REFLEX_METRICS_PORT": str(metrics_port),
+           "REFLEX_TORCH_THREADS": "1", "REFLEX_LOG_LEVEL": "WARNING"}
     return subprocess.Popen([sys.executable, "-m", "reflex.cli", "embedder"], cwd=REPO, env=env)
 
 
@@ -83,12 +90,15 @@ async def wait_serving(client: GrpcEmbedder, proc: subprocess.Popen[bytes]) -> N
 
 
 async def test_embedder_killed_mid_run_then_back_on_the_same_port() -> None:
-    port = free_port()
-    proc = start_embedder_process(port)
+    port, metrics_port = free_port(), free_port()
+    proc = start_embedder_process(port, metrics_port)
     client = GrpcEmbedder(f"127.0.0.1:{port}")
     try:
         await wait_serving(client, proc)
         assert len((await client.embed(["before the crash"], timeout=30))[0]) == 384
+        metrics = await asyncio.to_thread(read_url, f"http://127.0.0.1:{metrics_port}/metrics")
+        assert 'reflex_embedder_requests_total{method="Embed"}' in metrics
+        assert "reflex_embedder_stage_seconds_bucket" in metrics and "reflex_embedder_batch_size_bucket" in metrics
 
         in_flight = [asyncio.create_task(client.embed([f"during {i}"], timeout=30)) for i in range(8)]
         proc.send_signal(signal.SIGKILL)
@@ -99,7 +109,7 @@ async def test_embedder_killed_mid_run_then_back_on_the_same_port() -> None:
             await asyncio.wait_for(client.embed(["while it is down"], timeout=5), 30)  # an error, not a hang
         assert err.value.reason in {"unavailable", "timeout"}
 
-        proc = start_embedder_process(port)
+        proc = start_embedder_process(port, metrics_port)
         await wait_serving(client, proc)  # the same client channel reconnects by itself
         assert len((await client.embed(["after the restart"], timeout=30))[0]) == 384
     finally:

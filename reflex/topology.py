@@ -164,7 +164,9 @@ class Child:
                     process.kill()
                 await process.wait()
         if self._log_pump is not None:
-            await self._log_pump  # the pipe is at EOF once the process is gone
+            # At EOF once the process is gone, unless a grandchild inherited the pipe.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._log_pump, timeout=5.0)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "pid": self.pid, "port": self.port, "state": self.state, "restarts": self.restarts}

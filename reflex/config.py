@@ -217,6 +217,12 @@ class Settings(BaseSettings):
         "uses (enable/disable, ascending/descending, keep/discard, ...). Costs hits only when an "
         "opposite word appears in a different sense.",
     )
+    rule_entities: bool = Field(
+        True,
+        description="Verifier rule: lower the score when both sides name a programming language, framework, "
+        "OS, database, cloud or tool and the names differ ('Python quicksort' vs 'Rust quicksort'). Costs "
+        "hits when one question compares two things and its paraphrase names only one of them.",
+    )
     qqp_path: Path | None = Field(
         None,
         description="QQP dev pairs (JSONL, .gz allowed) that `reflex train-verifier` splits into train and "
@@ -253,6 +259,17 @@ class Settings(BaseSettings):
     def _empty_is_false(cls, v: Any) -> Any:
         # REFLEX_MOCK_PROVIDER= (empty) must mean off, not a parse error.
         return False if isinstance(v, str) and v.strip() == "" else v
+
+    @field_validator(
+        "upstream_api_key", "redis_url", "embedder_url", "verifier_url", "qdrant_url", "qdrant_api_key",
+        "model_path", "reranker_path", "device", "torch_threads", "grpc_port",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, v: Any) -> Any:
+        # Compose files and charts pass `REFLEX_X=` when a value is not given; that must mean
+        # "unset" (e.g. use the caller's key), never an empty key sent as `Bearer `.
+        return None if isinstance(v, str) and v.strip() == "" else v
 
     # ---------------------------------------------------------------- helpers
     @classmethod

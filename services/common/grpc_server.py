@@ -91,7 +91,10 @@ class ModelServer(Generic[BackendT]):
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.spec.register(server, self)
         address = f"{self.settings.grpc_bind_addr}:{port}"
-        bound = server.add_insecure_port(address)
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpcio raises (older versions returned 0)
+            raise OSError(f"{self.spec.name}: cannot bind {address}: {exc}") from exc
         if not bound:
             raise OSError(f"{self.spec.name}: cannot bind {address}")
         for service in ("", self.spec.grpc_service):

@@ -200,3 +200,9 @@ async def test_failed_warm_up_never_turns_serving(minilm_model: EmbeddingModel) 
     finally:
         await c.close()
         await server.stop(0)
+
+
+async def test_a_taken_port_is_an_error_not_a_shared_socket(embedder_server: RunningServer,
+                                                           minilm_model: EmbeddingModel) -> None:
+    with pytest.raises(OSError, match="cannot bind"):
+        await start_embedder_server(model_settings(), embedder_server.port, load_backend=lambda _s: minilm_model)

@@ -47,6 +47,9 @@ async def open_store(backend: str, tmp_path: Path) -> AsyncIterator[OpenStore]:
 
     async def _open(dimension: int = DIM, **kwargs: Any) -> Any:
         common = {k: kwargs.pop(k) for k in ("oversampling", "timeout_secs", "purge_interval_secs") if k in kwargs}
+        # The per-call deadline is the gateway's latency guard, not what these tests check; on a
+        # busy CI machine the 1 s default could turn a slow call into a spurious failure.
+        common.setdefault("timeout_secs", 30.0)
         if backend == "edge":
             store = await EdgeL2Store.open(tmp_path / "shard", dimension, **common, **kwargs)
         elif kwargs:

@@ -18,6 +18,7 @@ from services.gateway.tiers import TierUnavailable
 from tests.l2.support import DIM, unit
 
 SCOPE = {"tenant": "t", "model": "m", "context_hash": "c"}
+SLOW_OK = 30.0  # per-call deadline: generous, a busy CI machine must not fail these tests
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -52,7 +53,7 @@ async def test_writes_survive_a_crash_without_close(tmp_path: Path) -> None:
         from services.gateway.l2 import EdgeL2Store
 
         async def main():
-            store = await EdgeL2Store.open(Path({str(shard)!r}), {DIM})
+            store = await EdgeL2Store.open(Path({str(shard)!r}), {DIM}, timeout_secs={SLOW_OK})
             await store.upsert(entry_id="e" * 64, tenant="t", model="m", context_hash="c",
                                question="crash?", vector={unit(0)!r}, entry=b"survived", ttl_secs=3600)
             os._exit(0)
@@ -63,7 +64,7 @@ async def test_writes_survive_a_crash_without_close(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", child, cwd=REPO_ROOT)
     assert await proc.wait() == 0
 
-    store = await EdgeL2Store.open(shard, DIM)
+    store = await EdgeL2Store.open(shard, DIM, timeout_secs=SLOW_OK)
     try:
         [hit] = await store.search(vector=unit(0), top_k=5, min_similarity=0.5, **SCOPE)
         assert (hit.entry_id, hit.question, hit.entry) == ("e" * 64, "crash?", b"survived")
@@ -73,7 +74,9 @@ async def test_writes_survive_a_crash_without_close(tmp_path: Path) -> None:
 
 async def test_indexed_and_quantized_segments_still_answer_exactly(tmp_path: Path) -> None:
     # A 1 KB indexing threshold makes the engine build HNSW + binary quantization on 400 points.
-    store = await EdgeL2Store.open(tmp_path / "shard", DIM, indexing_threshold_kb=1, optimize_every_points=0)
+    store = await EdgeL2Store.open(
+        tmp_path / "shard", DIM, indexing_threshold_kb=1, optimize_every_points=0, timeout_secs=SLOW_OK
+    )
     vectors = random_vectors(400)
     for n, v in enumerate(vectors):
         await store.upsert(
@@ -93,7 +96,7 @@ async def test_indexed_and_quantized_segments_still_answer_exactly(tmp_path: Pat
 
     await check_all(store)
     await store.close()
-    reopened = await EdgeL2Store.open(tmp_path / "shard", DIM, indexing_threshold_kb=1)
+    reopened = await EdgeL2Store.open(tmp_path / "shard", DIM, indexing_threshold_kb=1, timeout_secs=SLOW_OK)
     try:
         assert await reopened.indexed_vectors_count() > 0
         await check_all(reopened)
@@ -102,7 +105,10 @@ async def test_indexed_and_quantized_segments_still_answer_exactly(tmp_path: Pat
 
 
 async def test_enough_writes_trigger_an_index_build(tmp_path: Path) -> None:
-    store = await EdgeL2Store.open(tmp_path / "shard", DIM, indexing_threshold_kb=1, optimize_every_points=100)
+    # While a build runs, calls queued behind it wait (past their deadline they report a timeout).
+    store = await EdgeL2Store.open(
+        tmp_path / "shard", DIM, indexing_threshold_kb=1, optimize_every_points=100, timeout_secs=SLOW_OK
+    )
     try:
         for n, v in enumerate(random_vectors(100)):
             await store.upsert(entry_id=f"{n:064d}", question="q", vector=v, entry=b"e", ttl_secs=3600, **SCOPE)

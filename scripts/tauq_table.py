@@ -152,7 +152,8 @@ def main() -> int:
     print("raw = the content as a model writes it (JSON pretty-printed with 2-space indents); the verdict for")
     print("JSON answers compares with *minified* JSON, the fairest baseline.\n")
 
-    print(f"### What a hit serves: `tauq` envelope (with the matched question, {count_tokens(QUESTION)} tokens) vs `raw`\n")
+    question_tokens = count_tokens(QUESTION)
+    print(f"### What a hit serves: `tauq` envelope (with the matched question, {question_tokens} tokens) vs `raw`\n")
     print("| cached answer | `raw` content | `tauq` envelope | X-Reflex-Format-Delta | |")
     print("|---|---:|---:|---:|---|")
     for name, content in [*text_cases, *((n, pretty(v)) for n, v in json_cases)]:
@@ -169,8 +170,9 @@ def main() -> int:
         same = sum(dumps(v["json"]) == v["tauq"] for v in vectors)
         read = sum(loads(v["tauq"]) == v["json"] for v in vectors)
         back = sum(loads(dumps(v["json"])) == v["json"] for v in vectors)
-        print(f"\nReference conformance ({len(vectors)} vectors of epistates/tauq 0.2.0): reads {read}/{len(vectors)}, "
-              f"round-trips {back}/{len(vectors)}, byte-identical output {same}/{len(vectors)} ({same / len(vectors):.0%}).")
+        n = len(vectors)
+        print(f"\nReference conformance ({n} vectors of epistates/tauq 0.2.0): reads {read}/{n}, "
+              f"round-trips {back}/{n}, byte-identical output {same}/{n} ({same / n:.0%}).")
     else:
         print(f"\n({vectors_path} not found: conformance line skipped)")
     return 0

@@ -155,7 +155,8 @@ def _raw_reason(completion: dict[str, Any], request: dict[str, Any], requested: 
         message = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(message, dict):
             return REASON_NOT_TEXT
-        if message.get("tool_calls") or message.get("function_call") or choice.get("finish_reason") in _CALL_FINISH_REASONS:
+        calls = message.get("tool_calls") or message.get("function_call")
+        if calls or choice.get("finish_reason") in _CALL_FINISH_REASONS:
             return REASON_TOOL_CALLS
         if not isinstance(message.get("content"), str):
             return REASON_NOT_TEXT

@@ -236,7 +236,8 @@ def test_tokens_saved_counts_tool_call_arguments_without_usage() -> None:
     call = {"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
     req = request()
     _, accounting = serve(completion(None, usage=None, tool_calls=[call]), req=req)
-    expected = tokens.count_prompt_tokens(req) + tokens.count_tokens("get_weather") + tokens.count_tokens('{"city": "Paris"}')
+    answer = tokens.count_tokens("get_weather") + tokens.count_tokens('{"city": "Paris"}')
+    expected = tokens.count_prompt_tokens(req) + answer
     assert accounting.tokens_saved == expected
 
 

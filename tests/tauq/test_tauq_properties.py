@@ -52,7 +52,9 @@ def test_decoder_on_arbitrary_text(text: str) -> None:
 
 
 # The characters the grammar cares about, so that random text reaches the parser's corners.
-TAUQ_ALPHABET = st.sampled_from(list('{}[]:;,"#!\\\n\r\t -01.eE+') + ["---", "!def ", "!use ", "R ", "a ", "true ", "null "])
+TAUQ_ALPHABET = st.sampled_from(
+    list('{}[]:;,"#!\\\n\r\t -01.eE+') + ["---", "!def ", "!use ", "R ", "a ", "true ", "null "]
+)
 
 
 @settings(max_examples=1000, deadline=None)

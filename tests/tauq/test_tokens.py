@@ -7,7 +7,6 @@ import gzip
 import hashlib
 from collections.abc import Iterator
 from importlib import resources
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings

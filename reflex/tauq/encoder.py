@@ -2,8 +2,8 @@
 
 The layout follows the reference formatter (epistates/tauq 0.2.0) wherever the reference
 is lossless, so documents look the same to an agent that has seen Tauq before; it departs
-from it exactly where the reference loses data (see the package docstring, "Where we
-differ from the reference").
+from it exactly where the reference loses data (reflex/tauq/README.md, "Where we differ
+from the reference").
 """
 
 from __future__ import annotations

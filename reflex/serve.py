@@ -36,12 +36,13 @@ async def run(settings: Settings, *, ready: asyncio.Event | None = None, stop: a
             loop.add_signal_handler(sig, stop.set)
 
     async with contextlib.AsyncExitStack() as stack:
-        tiers: dict[str, Any] = {}
         if settings.semantic:
-            tiers = await _start_semantic_tiers(settings, stack)
-        gateway = GatewayServer(settings, **tiers)
+            settings = await _start_model_services(settings, stack)
+        # The gateway builds its gRPC clients (with their timing metrics) and opens L2 for the
+        # embedder's dimension exactly as it does in Kubernetes.
+        gateway = GatewayServer(settings)
         await gateway.start()
-        stack.push_async_callback(gateway.stop)  # LIFO: the gateway drains before the tiers close
+        stack.push_async_callback(gateway.stop)  # LIFO: the gateway drains before the models stop
         base = f"http://{settings.bind_addr}:{gateway.port}/v1"
         log.info(
             "Reflex is serving: point your agent at OPENAI_BASE_URL=%s (upstream %s%s)",
@@ -55,19 +56,17 @@ async def run(settings: Settings, *, ready: asyncio.Event | None = None, stop: a
         log.info("stopping: draining in-flight requests for up to %.0f s", settings.shutdown_grace_secs)
 
 
-async def _start_semantic_tiers(settings: Settings, stack: contextlib.AsyncExitStack) -> dict[str, Any]:
-    """Start whatever model service is not given by URL, and open L2 for its dimension."""
+async def _start_model_services(settings: Settings, stack: contextlib.AsyncExitStack) -> Settings:
+    """Start in this process each model service not given by URL; return settings naming them."""
     from services.embedder.main import start_embedder_server
-    from services.gateway.l2 import open_l2_store
-    from services.gateway.model_clients import GrpcEmbedder, GrpcVerifier
     from services.verifier.main import start_verifier_server
 
     # The two models load concurrently (each on its own worker thread).
     starts: dict[str, Any] = {}
     if not settings.embedder_url:
-        starts["embedder"] = start_embedder_server(settings, 0)
+        starts["embedder_url"] = start_embedder_server(settings, 0)
     if not settings.verifier_url:
-        starts["verifier"] = start_verifier_server(settings, 0)
+        starts["verifier_url"] = start_verifier_server(settings, 0)
     results = await asyncio.gather(*starts.values(), return_exceptions=True)
     servers = dict(zip(starts, results, strict=True))
     for server in servers.values():
@@ -75,24 +74,11 @@ async def _start_semantic_tiers(settings: Settings, stack: contextlib.AsyncExitS
             stack.push_async_callback(server.stop)
     for name, server in servers.items():
         if isinstance(server, BaseException):
-            raise SystemExit(f"reflex serve: the {name} could not start: {server}") from server
-
-    def target(name: str, url: str | None) -> str:
-        return url or f"127.0.0.1:{servers[name].port}"
-
-    embedder = GrpcEmbedder.from_settings(settings, target=target("embedder", settings.embedder_url))
-    stack.push_async_callback(embedder.close)
-    verifier = GrpcVerifier.from_settings(settings, target=target("verifier", settings.verifier_url))
-    stack.push_async_callback(verifier.close)
-
-    tiers: dict[str, Any] = {"embedder": embedder, "verifier": verifier}
-    if "embedder" in servers:
-        # The dimension is the loaded model's, never a constant; with a remote embedder the
-        # gateway opens L2 lazily once it has asked the embedder.
-        l2 = await open_l2_store(settings, servers["embedder"].backend.dimension)
-        stack.push_async_callback(l2.close)
-        tiers["l2"] = l2
-    return tiers
+            service = name.removesuffix("_url")
+            raise SystemExit(f"reflex serve: the {service} could not start: {server}") from server
+    # A wildcard bind is reachable on loopback; connect there rather than to 0.0.0.0.
+    host = "127.0.0.1" if settings.grpc_bind_addr in ("0.0.0.0", "::", "[::]") else settings.grpc_bind_addr
+    return settings.model_copy(update={name: f"{host}:{server.port}" for name, server in servers.items()})
 
 
 def main(argv: list[str], settings: Settings) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 
 from reflex.config import Settings
-from reflex.eval.data import FOW_CACHE, Pair, PairsError, load_pairs
+from reflex.eval.data import FOW_CACHE, QQP_VALIDATION, Pair, PairsError, load_pairs
 from reflex.eval.embedding import EmbeddingCache, embed_texts
 from reflex.eval.metrics import Scored, metrics_at, sweep, sweep_grid, threshold_for_false_hit_rate
 from reflex.eval.modes import Judged, Knobs, Mode, run_cache, run_pairwise
@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--pairs",
         required=True,
         help=f"JSONL file of {{\"a\", \"b\", \"duplicate\"[, \"category\"]}} (.gz allowed), "
-        f"or '{FOW_CACHE}' for the 600 question pairs bundled in the fow-cache package",
+        f"'{FOW_CACHE}' for the 600 question pairs bundled in the fow-cache package, or '{QQP_VALIDATION}' "
+        "for the verifier's held-out validation split of the QQP dev file (REFLEX_QQP_PATH)",
     )
     parser.add_argument(
         "--mode",
@@ -113,7 +114,7 @@ def main(argv: list[str], settings: Settings) -> int:
     if args.concurrency < 1 or args.embed_chunk < 1:
         parser.error("--concurrency and --embed-chunk must be at least 1")
     try:
-        pairs = load_pairs(args.pairs, limit=args.limit, seed=args.seed)
+        pairs = load_pairs(args.pairs, limit=args.limit, seed=args.seed, qqp_path=settings.qqp_path)
     except PairsError as exc:
         print(f"reflex eval: {exc}", file=sys.stderr)
         return 2

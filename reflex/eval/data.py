@@ -12,6 +12,10 @@ from pathlib import Path
 # `--pairs fow-cache` reads the 600 single-question pairs shipped in the fow-cache package
 # (300 should-hit, 300 traps). It is an external check the verifier is never trained on.
 FOW_CACHE = "fow-cache"
+# `--pairs qqp-validation` is the validation side of the verifier's own train/validation
+# split of the QQP dev file (REFLEX_QQP_PATH), computed by the training code itself so the
+# two can never disagree about which questions were held out.
+QQP_VALIDATION = "qqp-validation"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,15 +30,20 @@ class PairsError(ValueError):
     """The pairs cannot be read; the message names the file and line."""
 
 
-def load_pairs(source: str, *, limit: int | None = None, seed: int = 0) -> list[Pair]:
-    """All pairs from ``source`` (a path, or ``fow-cache``).
+def load_pairs(source: str, *, limit: int | None = None, seed: int = 0, qqp_path: Path | None = None) -> list[Pair]:
+    """All pairs from ``source`` (a path, ``fow-cache`` or ``qqp-validation``).
 
     With ``limit``, a seeded random sample of that many pairs, kept in file order. A sample
     rather than the first N because labelled files are often grouped or sorted (by label,
     by source), and the head of such a file would not be representative; the seed keeps
     the same sample from run to run so results stay comparable.
     """
-    pairs = _load_fow_cache() if source == FOW_CACHE else list(_read_jsonl(Path(source)))
+    if source == FOW_CACHE:
+        pairs = _load_fow_cache()
+    elif source == QQP_VALIDATION:
+        pairs = _load_qqp_validation(qqp_path)
+    else:
+        pairs = list(_read_jsonl(Path(source)))
     if not pairs:
         raise PairsError(f"{source}: no pairs")
     if limit is not None and limit < len(pairs):
@@ -98,3 +107,16 @@ def _load_fow_cache() -> list[Pair]:
         Pair(a=q["a"], b=q["b"], duplicate=bool(q["same_answer"]), category=q.get("category"))
         for q in load_questions()
     ]
+
+
+def _load_qqp_validation(qqp_path: Path | None) -> list[Pair]:
+    from services.verifier.training.data import DEFAULT_QQP_PATH, read_pairs, split_by_question
+
+    path = qqp_path or DEFAULT_QQP_PATH
+    if not path.is_file():
+        raise PairsError(f"qqp-validation: no QQP file at {path} (set REFLEX_QQP_PATH)")
+    try:
+        _, validation = split_by_question(read_pairs(path))
+    except (OSError, EOFError, ValueError, KeyError) as exc:
+        raise PairsError(f"qqp-validation: cannot read {path} ({exc})") from exc
+    return [Pair(a=p.a, b=p.b, duplicate=p.duplicate) for p in validation]

@@ -90,3 +90,17 @@ def test_fow_cache_pairs() -> None:
     assert {"paraphrase", "near_repeat", "negation", "entity_swap", "number_date", "scope"} == cats
     # The categories split cleanly into should-hit and traps.
     assert all(p.duplicate == (p.category in ("paraphrase", "near_repeat")) for p in pairs)
+
+
+def test_qqp_validation_is_the_verifiers_held_out_split(tmp_path: Path) -> None:
+    from services.verifier.training.data import read_pairs, split_by_question
+
+    # A small QQP-like file: the split is by question group, computed by the training code.
+    rows = [{"a": f"question {i}?", "b": f"question {i} again?", "duplicate": i % 3 == 0} for i in range(300)]
+    path = write(tmp_path / "qqp.jsonl", rows)
+    pairs = load_pairs("qqp-validation", qqp_path=path)
+    _, expected = split_by_question(read_pairs(path))
+    assert 0 < len(pairs) < 300
+    assert [(p.a, p.b, p.duplicate) for p in pairs] == [(p.a, p.b, p.duplicate) for p in expected]
+    with pytest.raises(PairsError, match="REFLEX_QQP_PATH"):
+        load_pairs("qqp-validation", qqp_path=tmp_path / "missing.jsonl.gz")

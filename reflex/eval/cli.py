@@ -26,6 +26,9 @@ DEFAULT_TARGETS = (0.01, 0.02, 0.05)
 # Bulk calls wait behind each other in the services' queues, so the gateway's interactive
 # deadlines (REFLEX_*_TIMEOUT_MS, about 2 s) would fail a healthy run under load.
 DEFAULT_CALL_TIMEOUT_SECS = 120.0
+# Embed calls in flight: enough that the service always has the next chunk queued while the
+# client decodes the last reply; more would only wait in its queue.
+EMBED_CALLS_IN_FLIGHT = 4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--embed-chunk",
         type=int,
-        default=256,
-        help="texts per Embed call (default 256); 4 calls are in flight, keep 4 x this under REFLEX_MAX_QUEUE",
+        help="texts per Embed call (default 256, or REFLEX_MAX_QUEUE / 4 if smaller): 4 calls are in flight, and "
+        "the service refuses more queued texts than its queue bound",
     )
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_CALL_TIMEOUT_SECS, help="seconds per service call (default 120)"
@@ -111,6 +114,8 @@ def main(argv: list[str], settings: Settings) -> int:
             parser.error(f"{name} must be between 0 and 1 (got {value})")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
+    if args.embed_chunk is None:
+        args.embed_chunk = max(1, min(256, settings.max_queue // EMBED_CALLS_IN_FLIGHT))
     if args.concurrency < 1 or args.embed_chunk < 1:
         parser.error("--concurrency and --embed-chunk must be at least 1")
     try:
@@ -269,10 +274,8 @@ async def _embed(
             return await embed_texts(
                 tiers.embedder,
                 texts,
-                # 4 in flight: the service batches across calls, and 4 x 256 stays under the
-                # default queue bound of 1024 texts.
                 chunk_size=args.embed_chunk,
-                concurrency=4,
+                concurrency=EMBED_CALLS_IN_FLIGHT,
                 timeout=knobs.timeout,
                 cache=cache,
                 on_progress=bar.update,

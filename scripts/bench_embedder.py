@@ -2,7 +2,8 @@
 
 1. Embedder throughput at saturation: texts/s through gRPC (many concurrent clients, one text
    per call as the gateway sends them) against the same loaded model's raw batched forward
-   pass in the same process (batches of REFLEX_MAX_BATCH_SIZE, no gRPC, no batcher).
+   pass in the same process (no gRPC, no batcher; the better of batches of
+   REFLEX_MAX_BATCH_SIZE and of 16 rows).
 2. Latency at idle: p50 of Embed(1 short text) and p50 of Score(query, 5 candidates); the
    verifier's cost target is Score(5) <= 4 x one embedding.
 
@@ -73,13 +74,15 @@ async def grpc_rate(client: GrpcEmbedder, texts: list[str], concurrency: int) ->
     return len(texts) / (time.perf_counter() - start)
 
 
-async def p50(call, n: int) -> float:
-    samples = []
+async def interleaved_p50s(calls: list, n: int) -> list[float]:
+    """p50 latency of each call, taking turns so that load drift on the machine hits all alike."""
+    samples: list[list[float]] = [[] for _ in calls]
     for _ in range(n):
-        start = time.perf_counter()
-        await call()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+        for call, out in zip(calls, samples, strict=True):
+            start = time.perf_counter()
+            await call()
+            out.append(time.perf_counter() - start)
+    return [statistics.median(s) for s in samples]
 
 
 async def main() -> None:
@@ -107,19 +110,27 @@ async def main() -> None:
     await grpc_rate(client, texts[:128], args.concurrency)  # warm-up
     ratios_fwd, ratios_tok = [], []
     for round_no in range(args.rounds):
-        raw_f, raw_t = await asyncio.to_thread(raw_forward_rate, model, texts, settings.max_batch_size)
+        # The stricter baseline: the better of max-size batches and small ones (small batches
+        # pad less and stay in cache on a CPU, so they can beat max-size ones).
+        raw = [await asyncio.to_thread(raw_forward_rate, model, texts, size)
+               for size in sorted({settings.max_batch_size, 16})]
+        raw_f, raw_t = max(r[0] for r in raw), max(r[1] for r in raw)
         grpc_r = await grpc_rate(client, texts, args.concurrency)
         ratios_fwd.append(grpc_r / raw_f)
         ratios_tok.append(grpc_r / raw_t)
         print(f"round {round_no + 1}: raw forward {raw_f:7.1f} texts/s, raw tokenize+forward {raw_t:7.1f} texts/s, "
               f"gRPC ({args.concurrency} clients x 1 text) {grpc_r:7.1f} texts/s")
+    reg = embedder.registry
+    rows = reg.get_sample_value("reflex_embedder_batch_size_sum") or 0.0
+    passes = reg.get_sample_value("reflex_embedder_batch_size_count") or 1.0
+    padded = reg.get_sample_value("reflex_embedder_batch_tokens_sum") or 0.0
+    print(f"gRPC batches: {rows / passes:.1f} rows on average, {padded / max(rows, 1):.1f} padded tokens per row")
     print(f"gRPC / raw batched forward:            median {statistics.median(ratios_fwd):.2f}x "
           f"(rounds: {', '.join(f'{r:.2f}' for r in ratios_fwd)})")
     print(f"gRPC / raw tokenize + batched forward: median {statistics.median(ratios_tok):.2f}x "
           f"(rounds: {', '.join(f'{r:.2f}' for r in ratios_tok)})")
 
-    embed_p50 = await p50(lambda: client.embed(["How do I center a div in CSS?"], timeout=30), args.latency_samples)
-
+    query = "How do I center a div in CSS?"
     with tempfile.TemporaryDirectory() as tmp:
         path = args.verifier_path
         if path is None:
@@ -137,14 +148,15 @@ async def main() -> None:
             "How do I vertically align a div in CSS?",
             "What is the best way to center an element in HTML?",
         ]
-        query = "How do I center a div in CSS?"
         await vclient.score(query, candidates, timeout=30)
-        score_p50 = await p50(lambda: vclient.score(query, candidates, timeout=30), args.latency_samples)
-        embed_p50_again = await p50(lambda: client.embed([query], timeout=30), args.latency_samples)
-        embed_ref = min(embed_p50, embed_p50_again)
-        print(f"p50 Embed(1 short text):       {embed_ref * 1e3:8.2f} ms")
-        print(f"p50 Score(query, 5 candidates): {score_p50 * 1e3:8.2f} ms  = {score_p50 / embed_ref:.2f}x one "
-              f"embedding (target <= 4x); verifier model: {verifier.backend.name}")
+        embed_p50, score_p50 = await interleaved_p50s(
+            [lambda: client.embed([query], timeout=30), lambda: vclient.score(query, candidates, timeout=30)],
+            args.latency_samples,
+        )
+        print(f"p50 Embed(1 short text):        {embed_p50 * 1e3:8.2f} ms")
+        print(f"p50 Score(query, 5 candidates): {score_p50 * 1e3:8.2f} ms  = {score_p50 / embed_p50:.2f}x one "
+              f"embedding (target <= 4x); verifier model: {verifier.backend.name} "
+              f"({verifier.backend.model.config.num_hidden_layers} layers)")
         await vclient.close()
         await verifier.stop(0)
     await client.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
 import sys
 import textwrap
 from pathlib import Path

@@ -100,9 +100,14 @@ def render_text(result: dict[str, Any]) -> str:
     if result.get("by_duplicate_groups"):
         lines.append("")
         lines.append("the same hits, counting an entry the labels make a duplicate of b (a~b, a'~b) as right:")
-        lines.append(_header("threshold", width, wrong))
-        for m in result["by_duplicate_groups"]:
-            lines.append(_row(f"{m['threshold']:.4f}", m, width, wrong))
+        lines.append(_header("", width, wrong))
+        labels = [f"{scorer} @ {result['threshold']:.3f}"] + [
+            f"{scorer} ≤{100 * p['target_false_hit_rate']:g}% -> {p['threshold']:.4f}"
+            for p in result["operating_points"]
+            if p["threshold"] is not None
+        ]
+        for label, m in zip(labels, result["by_duplicate_groups"], strict=True):
+            lines.append(_row(label, m, width, wrong))
 
     if result["per_category"]:
         lines.append("")

@@ -105,11 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str], settings: Settings) -> int:
+def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
+    """Parse and check ``reflex eval`` arguments, filling the defaults that depend on settings.
+    ``args.targets`` holds the false-hit targets. Exits with status 2 on a bad argument."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    targets = tuple(args.target_fhr or DEFAULT_TARGETS)
-    for value, name in [(args.threshold, "--threshold"), *((t, "--target-fhr") for t in targets)]:
+    args.targets = tuple(args.target_fhr or DEFAULT_TARGETS)
+    for value, name in [(args.threshold, "--threshold"), *((t, "--target-fhr") for t in args.targets)]:
         if value is not None and not 0.0 <= value <= 1.0:
             parser.error(f"{name} must be between 0 and 1 (got {value})")
     if args.limit is not None and args.limit < 1:
@@ -118,6 +120,11 @@ def main(argv: list[str], settings: Settings) -> int:
         args.embed_chunk = max(1, min(256, settings.max_queue // EMBED_CALLS_IN_FLIGHT))
     if args.concurrency < 1 or args.embed_chunk < 1:
         parser.error("--concurrency and --embed-chunk must be at least 1")
+    return args
+
+
+def main(argv: list[str], settings: Settings) -> int:
+    args = parse_args(argv, settings)
     try:
         pairs = load_pairs(args.pairs, limit=args.limit, seed=args.seed, qqp_path=settings.qqp_path)
     except PairsError as exc:
@@ -128,7 +135,7 @@ def main(argv: list[str], settings: Settings) -> int:
     except TierUnavailable as exc:
         print(f"reflex eval: {exc}", file=sys.stderr)
         return 1
-    result = build_result(pairs, measured, args, settings, targets)
+    result = build_result(pairs, measured, args, settings)
     if args.plot:
         _plot(pairs, measured, result, args)
     if args.json:
@@ -199,9 +206,8 @@ def _threshold(
     return (found, f"--target-fhr {targets[0]:g}") if found is not None else (1.0, "default 1.0")
 
 
-def build_result(
-    pairs: list[Pair], measured: Measured, args: argparse.Namespace, settings: Settings, targets: tuple[float, ...]
-) -> dict[str, Any]:
+def build_result(pairs: list[Pair], measured: Measured, args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    targets = args.targets
     judged = measured.judged
     scorer, primary = _primary(judged)
     threshold, source = _threshold(judged, args, settings, targets)

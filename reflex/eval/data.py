@@ -5,9 +5,10 @@ from __future__ import annotations
 import gzip
 import json
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 # `--pairs fow-cache` reads the 600 single-question pairs shipped in the fow-cache package
 # (300 should-hit, 300 traps). It is an external check the verifier is never trained on.
@@ -52,7 +53,7 @@ def load_pairs(source: str, *, limit: int | None = None, seed: int = 0, qqp_path
     return pairs
 
 
-def _open_text(path: Path) -> Iterable[str]:
+def _open_text(path: Path) -> IO[str]:
     # gzip is detected by its magic bytes, not the name, so a renamed file still reads.
     with path.open("rb") as raw:
         magic = raw.read(2)
@@ -65,7 +66,7 @@ def _read_jsonl(path: Path) -> Iterator[Pair]:
     if not path.is_file():
         raise PairsError(f"{path}: no such file")
     try:
-        with _open_text(path) as lines:  # type: ignore[attr-defined]
+        with _open_text(path) as lines:
             for lineno, line in enumerate(lines, 1):
                 if line.strip():
                     yield parse_pair(line, where=f"{path}:{lineno}")

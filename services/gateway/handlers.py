@@ -138,6 +138,9 @@ async def _serve_hit(
     headers["X-Reflex-Tokens-Saved"] = str(accounting.tokens_saved)
     headers["X-Reflex-Format-Delta"] = str(accounting.format_delta)
     state.metrics.tokens_saved.labels(keys.tenant).inc(max(accounting.tokens_saved, 0))
+    if accounting.format_delta:
+        direction = "added" if accounting.format_delta > 0 else "saved"
+        state.metrics.format_delta.labels(keys.tenant, direction).inc(abs(accounting.format_delta))
     if lookup.status == HIT_L3:
         # Promote to L1 so that an exact repeat of this wording skips the models next time.
         state.spawn(state.cascade.store(keys, lookup.entry, None, l2=False))

@@ -64,6 +64,13 @@ class GatewayMetrics:
             ["tenant"],
             registry=self.registry,
         )
+        self.format_delta = Counter(
+            "reflex_gateway_format_delta_tokens",
+            "Tokens the hit format (Tauq) added or saved against the raw cached content, per tenant; "
+            "direction is 'added' or 'saved', so prose-heavy tenants show what the envelope costs them.",
+            ["tenant", "direction"],
+            registry=self.registry,
+        )
         self.model_server_seconds = Histogram(
             "reflex_gateway_model_server_seconds",
             "Time the embedder/verifier report spending on our calls, by stage (their own timing block).",

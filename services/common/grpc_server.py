@@ -12,6 +12,7 @@ Order matters, for Kubernetes as much as for tests:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
@@ -214,3 +215,47 @@ async def run_until_signalled(spec: ServiceSpec[Any], settings: Settings) -> int
         if metrics_http is not None:
             metrics_http.shutdown()
     return exit_code
+
+
+async def start_model_server(
+    spec: ServiceSpec[BackendT],
+    settings: Settings,
+    port: int = 0,
+    *,
+    wait_ready: bool = True,
+    load_backend: Callable[[Settings], BackendT] | None = None,
+) -> ModelServer[BackendT]:
+    """Start a model service on the running loop; the handle has ``.port`` and ``.stop(grace)``.
+
+    ``wait_ready=False`` returns as soon as the port is bound (health NOT_SERVING while the
+    model loads); ``load_backend`` replaces the model loader (e.g. to share one loaded model
+    between replicas in a test).
+    """
+    server = ModelServer(spec, settings, load_backend=load_backend)
+    await server.start(port)
+    if wait_ready:
+        try:
+            await server.wait_ready()
+        except BaseException:
+            await server.stop(grace=0)
+            raise
+    return server
+
+
+def run_model_service_cli(
+    spec: ServiceSpec[Any],
+    settings: Settings,
+    argv: list[str],
+    *,
+    description: str,
+    resolve_model_path: Callable[[Settings], Any],
+) -> int:
+    """`reflex embedder` / `reflex verifier`: parse (no options), check the model, serve."""
+    argparse.ArgumentParser(prog=f"reflex {spec.name}", description=description).parse_args(argv)
+    settings.log_effective()
+    try:
+        resolve_model_path(settings)  # a missing model is a one-line error, before any port is bound
+    except FileNotFoundError as exc:
+        log.error("%s", exc)
+        return 2
+    return asyncio.run(run_until_signalled(spec, settings))

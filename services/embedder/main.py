@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import logging
 from collections.abc import Callable
 
 from reflex.config import Settings
-from services.common.grpc_server import ModelServer, run_until_signalled
+from services.common.grpc_server import ModelServer, run_model_service_cli, start_model_server
 from services.embedder.model import EmbeddingModel, resolve_model_path
 from services.embedder.service import EMBEDDER_SPEC
-
-log = logging.getLogger("reflex.embedder")
 
 
 async def start_embedder_server(
@@ -22,32 +17,15 @@ async def start_embedder_server(
     wait_ready: bool = True,
     load_backend: Callable[[Settings], EmbeddingModel] | None = None,
 ) -> ModelServer[EmbeddingModel]:
-    """Start the embedder on the running loop; the handle has ``.port`` and ``.stop(grace)``.
-
-    ``wait_ready=False`` returns as soon as the port is bound (health NOT_SERVING while the
-    model loads); ``load_backend`` replaces the model loader (e.g. to share one loaded model
-    between replicas in a test).
-    """
-    server = ModelServer(EMBEDDER_SPEC, settings, load_backend=load_backend)
-    await server.start(port)
-    if wait_ready:
-        try:
-            await server.wait_ready()
-        except BaseException:
-            await server.stop(grace=0)
-            raise
-    return server
+    """Start the embedder on the running loop (see ``start_model_server``)."""
+    return await start_model_server(EMBEDDER_SPEC, settings, port, wait_ready=wait_ready, load_backend=load_backend)
 
 
 def main(argv: list[str], settings: Settings) -> int:
-    argparse.ArgumentParser(
-        prog="reflex embedder",
+    return run_model_service_cli(
+        EMBEDDER_SPEC,
+        settings,
+        argv,
         description="The embedder gRPC service (port REFLEX_GRPC_PORT, default 50051; model REFLEX_MODEL_PATH).",
-    ).parse_args(argv)
-    settings.log_effective()
-    try:
-        resolve_model_path(settings)  # a missing model is a one-line error, before any port is bound
-    except FileNotFoundError as exc:
-        log.error("%s", exc)
-        return 2
-    return asyncio.run(run_until_signalled(EMBEDDER_SPEC, settings))
+        resolve_model_path=resolve_model_path,
+    )

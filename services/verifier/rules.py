@@ -93,6 +93,56 @@ for _left, _right in _ANTONYMS:
         _ANTONYM_OF[_w] = _ANTONYM_OF.get(_w, frozenset()) | frozenset(_left)
 
 
+# Named things of one kind that different answers depend on. Aliases map to one canonical
+# name. Words that are also common English ("go", "r", "swift", "spring", "express", "edge",
+# "safari") are left out: a false alarm here costs a hit on an unrelated sentence.
+_ENTITY_KINDS: dict[str, dict[str, str]] = {
+    "language": {
+        "python": "python", "py": "python", "javascript": "javascript", "js": "javascript", "typescript": "typescript",
+        "ts": "typescript", "rust": "rust", "golang": "go", "java": "java", "c++": "c++", "cpp": "c++", "c#": "c#",
+        "csharp": "c#", "ruby": "ruby", "php": "php", "kotlin": "kotlin", "scala": "scala", "elixir": "elixir",
+        "haskell": "haskell", "perl": "perl", "lua": "lua", "dart": "dart", "bash": "bash", "powershell": "powershell",
+        "matlab": "matlab", "julia": "julia", "fortran": "fortran", "cobol": "cobol", "objective-c": "objective-c",
+    },
+    "framework": {
+        "react": "react", "reactjs": "react", "vue": "vue", "vue.js": "vue", "vuejs": "vue", "angular": "angular",
+        "angularjs": "angular", "svelte": "svelte", "jquery": "jquery", "django": "django", "flask": "flask",
+        "fastapi": "fastapi", "rails": "rails", "laravel": "laravel", "pandas": "pandas", "polars": "polars",
+        "pytorch": "pytorch", "torch": "pytorch", "tensorflow": "tensorflow", "keras": "keras", "jax": "jax",
+        "numpy": "numpy", "next.js": "next.js", "nextjs": "next.js", "nuxt": "nuxt",
+    },
+    "os": {
+        "windows": "windows", "macos": "macos", "osx": "macos", "linux": "linux", "ubuntu": "ubuntu",
+        "debian": "debian", "fedora": "fedora", "centos": "centos", "android": "android", "ios": "ios",
+        "iphone": "ios", "ipad": "ios",
+    },
+    "database": {
+        "postgresql": "postgresql", "postgres": "postgresql", "mysql": "mysql", "sqlite": "sqlite",
+        "mongodb": "mongodb", "mongo": "mongodb", "redis": "redis", "cassandra": "cassandra", "dynamodb": "dynamodb",
+        "oracle": "oracle", "mssql": "mssql", "mariadb": "mariadb", "elasticsearch": "elasticsearch",
+    },
+    "cloud": {"aws": "aws", "gcp": "gcp", "azure": "azure"},
+    "tool": {
+        "npm": "npm", "yarn": "yarn", "pnpm": "pnpm", "pip": "pip", "conda": "conda", "poetry": "poetry",
+        "docker": "docker", "podman": "podman", "git": "git", "svn": "svn", "mercurial": "mercurial",
+        "vim": "vim", "emacs": "emacs", "vscode": "vscode", "pycharm": "pycharm", "intellij": "intellij",
+        "chrome": "chrome", "firefox": "firefox",
+    },
+}
+
+
+def _entities(text: str) -> dict[str, frozenset[str]]:
+    words = _words(text)
+    return {kind: frozenset(names[w] for w in words if w in names) for kind, names in _ENTITY_KINDS.items()}
+
+
+def entities_differ(query: str, candidate: str) -> bool:
+    """Both name a language / framework / OS / database / cloud / tool, and not the same ones
+    ("Python quicksort" / "Rust quicksort"). One side naming none is not enough."""
+    q, c = _entities(query), _entities(candidate)
+    return any(q[kind] and c[kind] and q[kind] != c[kind] for kind in _ENTITY_KINDS)
+
+
 def _words(text: str) -> list[str]:
     return [w.strip(".'’-") for w in _WORD.findall(text.lower().replace("’", "'"))]
 
@@ -144,6 +194,7 @@ RULES: tuple[Rule, ...] = (
     Rule("numbers", "rule_numbers", numbers_differ),
     Rule("negation", "rule_negation", negation_differs),
     Rule("antonyms", "rule_antonyms", antonyms_differ),
+    Rule("entities", "rule_entities", entities_differ),
 )
 
 

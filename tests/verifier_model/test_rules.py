@@ -11,6 +11,7 @@ from services.verifier.rules import (
     PENALTY,
     RULES,
     antonyms_differ,
+    entities_differ,
     apply_rules,
     enabled_rules,
     negation_differs,
@@ -18,8 +19,8 @@ from services.verifier.rules import (
     numbers_differ,
 )
 
-ALL_ON = Settings(rule_numbers=True, rule_negation=True, rule_antonyms=True)
-ALL_OFF = Settings(rule_numbers=False, rule_negation=False, rule_antonyms=False)
+ALL_ON = Settings(**{r.setting: True for r in RULES})
+ALL_OFF = Settings(**{r.setting: False for r in RULES})
 
 # (rule name, query, candidate that the rule must catch)
 CAUGHT = [
@@ -31,6 +32,8 @@ CAUGHT = [
     ("antonyms", "How to sort ascending?", "How to sort descending?"),
     ("antonyms", "How do I enable 2FA?", "How do I disable 2FA?"),
     ("antonyms", "undo the commit and keep the changes", "undo the commit and discard the changes"),
+    ("entities", "Python quicksort", "Rust quicksort"),
+    ("entities", "How do I install Docker on Windows?", "How do I install Docker on macOS?"),
 ]
 # Pairs no rule may touch: the same question in other words.
 UNTOUCHED = [
@@ -40,6 +43,7 @@ UNTOUCHED = [
     ("Sort a list in Python 3", "How do I sort a list in Python?"),
     ("How do I add and remove items in a list?", "remove and add list items"),
     ("Why can't I log in?", "Why can't I sign in?"),
+    ("How do I read a file in JS?", "javascript: read a file"),
 ]
 
 
@@ -66,7 +70,8 @@ def test_rules_act_per_candidate():
 def test_enabled_rules_follows_settings():
     assert enabled_rules(ALL_OFF) == []
     assert enabled_rules(ALL_ON) == [r.name for r in RULES]
-    assert enabled_rules(Settings(rule_numbers=False, rule_negation=True, rule_antonyms=False)) == ["negation"]
+    only_negation = Settings(**{r.setting: r.name == "negation" for r in RULES})
+    assert enabled_rules(only_negation) == ["negation"]
 
 
 def test_number_words_and_versions_are_normalised():
@@ -75,6 +80,8 @@ def test_number_words_and_versions_are_normalised():
     assert not numbers_differ("sort a list in Python 3", "sort a list in Python")
     assert not negation_differs("Why can't I log in?", "Why can't I sign in?")
     assert not antonyms_differ("add then remove", "remove then add")
+    assert not entities_differ("C++ vs C#", "C# or C++?")
+    assert not entities_differ("sort a list in Python", "how do I sort a list")
 
 
 @given(st.text(max_size=60), st.lists(st.tuples(st.text(max_size=60), st.floats(0, 1)), max_size=5))

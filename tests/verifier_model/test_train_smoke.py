@@ -37,3 +37,14 @@ def test_train_verifier_writes_a_loadable_fp16_checkpoint(tmp_path: Path, monkey
     tok = AutoTokenizer.from_pretrained(out)
     logits = model(**tok(["a question?"], ["another question?"], return_tensors="pt")).logits
     assert logits.shape == (1, 1)
+
+
+def test_max_steps_zero_only_writes_the_validation_split(tmp_path: Path, qqp_pairs):
+    qqp = tmp_path / "qqp.jsonl"
+    qqp.write_text("".join(json.dumps({"a": p.a, "b": p.b, "duplicate": p.duplicate}) + "\n" for p in qqp_pairs))
+    out, val_file = tmp_path / "model", tmp_path / "val.jsonl"
+    code = reflex_main(["train-verifier", "--output", str(out), "--qqp", str(qqp), "--max-steps", "0",
+                        "--write-validation", str(val_file)])
+    assert code == 0
+    assert not out.exists()
+    assert read_pairs(val_file) == split_by_question(read_pairs(qqp), 0.1)[1]

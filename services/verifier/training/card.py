@@ -137,3 +137,42 @@ def write_model_card(output: Path, record: dict[str, Any]) -> None:
         pairs_per_sec=m["pairs_per_sec_scoring"],
     )
     (output / "MODEL_CARD.md").write_text(card)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure an existing checkpoint and (re)write its card, e.g. after a run cut short at a
+    save point: ``python -m services.verifier.training.card --command "reflex train-verifier ..."``."""
+    import argparse
+    import json
+
+    from services.verifier.training.data import DEFAULT_QQP_PATH, read_pairs, split_by_question
+    from services.verifier.training.train import DEFAULT_OUTPUT
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--model", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--qqp", type=Path, default=DEFAULT_QQP_PATH)
+    parser.add_argument("--command", required=True, help="the training command that reproduces the checkpoint")
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--train-pairs", type=int, required=True)
+    parser.add_argument("--qqp-train-pairs", type=int, required=True)
+    parser.add_argument("--generated-pairs", type=int, required=True)
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    _, validation = split_by_question(read_pairs(args.qqp))
+    progress = json.loads((args.model / "training_progress.json").read_text())
+    metrics = measure(args.model, validation, max_length=args.max_length, device="cpu", target_fhr=0.02)
+    record = {"train_secs": progress["elapsed_secs"], "steps": progress["step"], "train_pairs": args.train_pairs,
+              "qqp_train_pairs": args.qqp_train_pairs, "generated_pairs": args.generated_pairs, "metrics": metrics,
+              "command": args.command, "device": "cpu", "threads": args.threads, "seed": args.seed}
+    (args.model / "training_metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_model_card(args.model, record)
+    print(metrics_table(metrics))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

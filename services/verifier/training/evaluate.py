@@ -31,10 +31,10 @@ def load_fow_pairs() -> list[Pair]:
     return [Pair(q["a"], q["b"], bool(q["same_answer"]), q["category"]) for q in load_questions()]
 
 
-@torch.inference_mode()
 def cross_encoder_scorer(model, tokenizer, *, max_length: int, batch_size: int = 128, device: str = "cpu") -> ScoreFn:
     """Probability that each (a, b) asks the same thing: sigmoid of the single logit."""
 
+    @torch.inference_mode()
     def score(a: Sequence[str], b: Sequence[str]) -> np.ndarray:
         out: list[np.ndarray] = []
         # Sorting by length keeps padding (wasted compute) low inside each batch.
@@ -127,9 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", action="store_true", help="score with all-MiniLM-L6-v2 cosine instead")
     parser.add_argument("--qqp", type=Path, default=DEFAULT_QQP_PATH)
     parser.add_argument("--threshold", type=float, default=0.5)
-    parser.add_argument("--max-length", type=int, default=96)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (see train.py on why 1)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     _, val = split_by_question(read_pairs(args.qqp))
     fow = load_fow_pairs()
     if args.baseline:

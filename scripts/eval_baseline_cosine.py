@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from reflex.config import Settings
-from reflex.eval.cli import build_result, measure, parse_args
+from reflex.eval.cli import build_result, measure, parse_args, plot_result
 from reflex.eval.data import load_pairs
 
 DEFAULT_SETS = ["qqp-validation:pairwise", "qqp-validation:cache", "fow-cache:pairwise", "fow-cache:cache"]
@@ -41,10 +41,15 @@ def run_one(source: str, mode: str, args: argparse.Namespace, settings: Settings
         argv += ["--target-fhr", str(target)]
     if args.limit:
         argv += ["--limit", str(args.limit)]
+    if args.out:
+        argv += ["--plot", str(args.out / f"{source}-{mode}.png")]
     eval_args = parse_args(argv, settings)
     pairs = load_pairs(source, limit=args.limit, qqp_path=settings.qqp_path)
     measured = asyncio.run(measure(pairs, eval_args, settings))
-    return build_result(pairs, measured, eval_args, settings)
+    result = build_result(pairs, measured, eval_args, settings)
+    if args.out:
+        plot_result(pairs, measured, result, eval_args)
+    return result
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -75,7 +80,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", action="append", help="SOURCE:MODE to run (repeatable; default: all four)")
     parser.add_argument("--limit", type=int, help="a seeded sample of N pairs per set (QQP validation is ~5.5k)")
-    parser.add_argument("--out", type=Path, help="directory for each run's JSON report")
+    parser.add_argument("--out", type=Path, help="directory for each run's JSON report and sweep plot")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "reflex" / "eval")
     args = parser.parse_args()
     settings = Settings.from_env()
@@ -83,10 +88,11 @@ def main() -> int:
     for spec in args.set or DEFAULT_SETS:
         source, _, mode = spec.partition(":")
         print(f"running {source} in {mode or 'cache'} mode...", file=sys.stderr)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
         result = run_one(source, mode or "cache", args, settings)
         results.append(result)
         if args.out:
-            args.out.mkdir(parents=True, exist_ok=True)
             (args.out / f"{source}-{result['mode']}.json").write_text(json.dumps(result, indent=1) + "\n")
         t = result["timings"]
         print(

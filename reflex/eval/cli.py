@@ -137,7 +137,7 @@ def main(argv: list[str], settings: Settings) -> int:
         return 1
     result = build_result(pairs, measured, args, settings)
     if args.plot:
-        _plot(pairs, measured, result, args)
+        plot_result(pairs, measured, result, args)
     if args.json:
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
     else:
@@ -243,7 +243,7 @@ def build_result(pairs: list[Pair], measured: Measured, args: argparse.Namespace
     return result
 
 
-def _plot(pairs: list[Pair], measured: Measured, result: dict[str, Any], args: argparse.Namespace) -> None:
+def plot_result(pairs: list[Pair], measured: Measured, result: dict[str, Any], args: argparse.Namespace) -> None:
     from reflex.eval.plot import plot_sweep
 
     scorer, primary = _primary(measured.judged)

@@ -7,7 +7,6 @@ from collections import Counter
 from pathlib import Path
 
 from services.verifier.training.data import (
-    Pair,
     build_training_set,
     questions,
     read_pairs,

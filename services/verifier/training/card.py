@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from reflex.config import Settings
-from services.verifier.rules import RULES, apply_rules
+from services.verifier.rules import RULES, apply_rules, enabled_rules
 from services.verifier.training.data import Pair
 from services.verifier.training.evaluate import (
     at_false_hit_rate,
@@ -63,6 +63,10 @@ def measure(model_dir: Path, validation: list[Pair], *, max_length: int, device:
     for rule in RULES:
         variants[f"model + {rule.name} rule"] = {r.setting: r is rule for r in RULES}
     variants["model + all rules"] = {r.setting: True for r in RULES}
+    defaults = Settings()
+    variants["shipped default (model + " + (", ".join(enabled_rules(defaults)) or "no") + " rules)"] = {
+        r.setting: getattr(defaults, r.setting) for r in RULES
+    }
     table: dict[str, Any] = {}
     for name, flags in variants.items():
         settings = Settings(**flags)
@@ -76,7 +80,7 @@ def measure(model_dir: Path, validation: list[Pair], *, max_length: int, device:
             "qqp_val_hit_rate_at_fhr_5pct": round(at_false_hit_rate(val_s, val_labels, 0.05).hit_rate, 4),
             "fow_at_threshold": _point(fow_s, fow_labels, t),
             "fow_hit_rate_at_fhr_1pct": round(at_false_hit_rate(fow_s, fow_labels, 0.01).hit_rate, 4),
-            "fow_trap_fhr_by_category": {
+            "fow_share_at_or_above_threshold_by_category": {
                 cat: round(float((fow_s[[i for i, p in enumerate(fow) if p.source == cat]] >= t).mean()), 4)
                 for cat in sorted({p.source for p in fow})
             },
@@ -135,8 +139,23 @@ def write_model_card(output: Path, record: dict[str, Any]) -> None:
         validation_pairs=m["validation_pairs"],
         table=metrics_table(m),
         pairs_per_sec=m["pairs_per_sec_scoring"],
+        threshold_section=threshold_section(m),
     )
     (output / "MODEL_CARD.md").write_text(card)
+
+
+def threshold_section(metrics: dict[str, Any]) -> str:
+    name, row = next((k, v) for k, v in metrics["summary"].items() if k.startswith("shipped default"))
+    val, fow = row["qqp_val_at_threshold"], row["fow_at_threshold"]
+    return (
+        f"Picked from the QQP validation curve of the {name}: **{row['threshold']:.2f}** is the lowest "
+        f"threshold (0.01 grid) with at most {metrics['target_false_hit_rate']:.0%} false hits there "
+        f"(measured: {val['false_hit_rate']:.1%} false hits, {val['hit_rate']:.1%} hit rate). Checked against "
+        f"fow-cache at the same threshold: {fow['false_hit_rate']:.1%} of its traps pass, "
+        f"{fow['hit_rate']:.1%} of its should-hit pairs hit. A lower threshold buys hits at the price of "
+        "wrong answers served, which cost far more than a miss; a higher one gives up hits that QQP "
+        "validation says are safe."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ several surface forms (aliases) that mean the same thing ("JavaScript", "JS").
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # ------------------------------------------------------------------ vocabulary
 # Each value is a tuple of aliases: the first is canonical, the others mean the same.
@@ -475,12 +475,11 @@ class GeneratedPair:
 @dataclass
 class _Renderer:
     rng: random.Random
-    langs: list[V] = field(default_factory=lambda: LANGS)
 
     def pick(self, values: V) -> str:
         return self.rng.choice(values)
 
-    def phrase(self, task: Task, template: str, values: dict[str, V]) -> str:
+    def phrase(self, template: str, values: dict[str, V]) -> str:
         # One alias per slot; templates may pick an alternative with "x|y".
         template = self.pick(tuple(template.split("|")))
         filled = {k: self.pick(v) for k, v in values.items()}
@@ -537,7 +536,6 @@ class Generator:
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
-        self.r = _Renderer(self.rng)
 
     # ---- helpers
     def _values(self, task: Task) -> dict[str, V]:
@@ -551,10 +549,10 @@ class Generator:
         rng = random.Random(alias_seed) if alias_seed is not None else self.rng
         renderer = _Renderer(rng)
         if use_noun and task.nouns and lang is not None:
-            t = renderer.phrase(task, template or rng.choice(task.nouns), values)
+            t = renderer.phrase(template or rng.choice(task.nouns), values)
             frame = frame or rng.choice(NOUN_LANG_FRAMES)
         else:
-            t = renderer.phrase(task, template or rng.choice(task.templates), values)
+            t = renderer.phrase(template or rng.choice(task.templates), values)
             if frame is None:
                 frame = rng.choice(_frames_for(task))
         return _frame(frame, t, renderer.pick(lang) if lang is not None else None)

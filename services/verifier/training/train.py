@@ -26,7 +26,6 @@ from reflex.config import Settings
 from services.verifier.training.data import (
     DEFAULT_QQP_PATH,
     REPO_ROOT,
-    Pair,
     batches,
     build_training_set,
     read_pairs,

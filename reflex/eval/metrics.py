@@ -5,6 +5,7 @@ Every pair is reduced to three facts that do not depend on the threshold:
 * ``score``: what the cache compares with the threshold for the entry it would serve
   (the verifier probability of the best candidate, or the cosine for the baseline);
   ``-inf`` when no candidate passed the L2 cosine floor, a miss at every threshold;
+  ``+inf`` for an L1 exact hit (cache mode), a hit at every threshold;
 * ``right``: whether serving that entry's answer would be correct for ``b``;
 * ``duplicate``: the label.
 
@@ -34,6 +35,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 NO_CANDIDATE = -math.inf
+# Cache mode: the query's exact text is stored, so L1 answers it before L2 and the verifier
+# are asked; a hit at every threshold.
+L1_HIT = math.inf
 
 
 @dataclass(frozen=True, slots=True)

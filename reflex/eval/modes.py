@@ -9,7 +9,7 @@ comparing the two from the same run keeps the comparison fair.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from reflex.eval.aio import map_bounded, retry_overloaded
 from reflex.eval.data import Pair
-from reflex.eval.metrics import NO_CANDIDATE, Scored
+from reflex.eval.metrics import L1_HIT, NO_CANDIDATE, Scored
 from services.gateway.entry import CachedEntry
 from services.gateway.tiers import L2Candidate, L2Store, Verifier
 
@@ -55,7 +55,7 @@ class Judged:
     # duplicate of b (see DuplicateGroups). Informational; the headline rule stays strict.
     verifier_by_groups: Scored | None = None
     cosine_by_groups: Scored | None = None
-    exact_repeats: int = 0  # cache mode: queries whose exact text is a stored question
+    exact_repeats: int = 0  # cache mode: queries whose exact text is stored (L1 exact hits)
     score_calls: int = 0
     candidates_scored: int = 0
     timings: dict[str, float] = field(default_factory=dict)
@@ -205,14 +205,21 @@ async def run_cache(
     verifier: Verifier | None,
     knobs: Knobs,
 ) -> Judged:
-    """Every ``a`` stored first; then every ``b``: top-k search -> one Score call -> best >= threshold."""
+    """Every ``a`` stored first; then every ``b``: top-k search -> one Score call -> best >= threshold.
+
+    A ``b`` whose exact text is a stored question is an L1 exact hit, as in the gateway,
+    where L1 answers it before L2 is asked: served its own entry, right, at every threshold.
+    Sending it to L2 instead would let the verifier prefer some other, near-identical
+    entry, a wrong answer no user could ever receive.
+    """
     timings: dict[str, float] = {}
     started = time.perf_counter()
     await fill_cache(pairs, vectors, store, knobs)
     timings["store"] = time.perf_counter() - started
 
+    stored = {p.a for p in pairs}
     started = time.perf_counter()
-    queries = list(dict.fromkeys(p.b for p in pairs))
+    queries = [q for q in dict.fromkeys(p.b for p in pairs) if q not in stored]
     with _bar("search", len(queries), knobs, unit="query") as bar:
 
         async def search(query: str) -> list[L2Candidate]:
@@ -231,33 +238,33 @@ async def run_cache(
     candidates = dict(zip(queries, found, strict=True))
     timings["search"] = time.perf_counter() - started
 
-    stored = {p.a for p in pairs}
     duplicate = [p.duplicate for p in pairs]
-    exact_repeats = sum(1 for p in pairs if p.b in stored)
-
-    def nearest(query: str) -> L2Candidate | None:
-        cands = candidates[query]
-        return max(cands, key=lambda c: c.similarity) if cands else None
-
     groups = DuplicateGroups(pairs)
 
-    def scored(best_score: list[float], served: list[str | None]) -> tuple[Scored, Scored]:
-        strict = [served_is_right(p, s) if s is not None else False for p, s in zip(pairs, served, strict=True)]
+    def scored(choice: Callable[[Pair], tuple[float, str | None]]) -> tuple[Scored, Scored]:
+        """Both views of one scorer, from ``choice(pair) -> (score, served question or None)``."""
+        chosen = [(L1_HIT, p.b) if p.b in stored else choice(p) for p in pairs]
+        score = [c[0] for c in chosen]
+        strict = [s is not None and served_is_right(p, s) for p, (_, s) in zip(pairs, chosen, strict=True)]
         by_groups = [
-            served_is_right_by_groups(p, s, groups) if s is not None else False
-            for p, s in zip(pairs, served, strict=True)
+            s is not None and served_is_right_by_groups(p, s, groups) for p, (_, s) in zip(pairs, chosen, strict=True)
         ]
-        return Scored.build(best_score, strict, duplicate), Scored.build(best_score, by_groups, duplicate)
+        return Scored.build(score, strict, duplicate), Scored.build(score, by_groups, duplicate)
 
-    top = [nearest(p.b) for p in pairs]
-    cosine_scored, cosine_by_groups = scored(
-        [c.similarity if c else NO_CANDIDATE for c in top], [c.question if c else None for c in top]
-    )
+    def nearest(pair: Pair) -> tuple[float, str | None]:
+        # Without a verifier the cache serves the most similar entry.
+        cands = candidates[pair.b]
+        if not cands:
+            return NO_CANDIDATE, None
+        best = max(cands, key=lambda c: c.similarity)
+        return best.similarity, best.question
+
+    cosine_scored, cosine_by_groups = scored(nearest)
     judged = Judged(
         verifier=None,
         cosine=cosine_scored,
         cosine_by_groups=cosine_by_groups,
-        exact_repeats=exact_repeats,
+        exact_repeats=sum(1 for p in pairs if p.b in stored),
         timings=timings,
     )
     if verifier is None:
@@ -270,19 +277,15 @@ async def run_cache(
     judged.score_calls = len(scores)
     judged.candidates_scored = sum(len(r[1]) for r in scores)
 
-    best_score: list[float] = []
-    served: list[str | None] = []
-    for pair in pairs:
+    def verified(pair: Pair) -> tuple[float, str | None]:
         request = requests[pair.b]
         if not request[1]:
-            best_score.append(NO_CANDIDATE)
-            served.append(None)
-            continue
+            return NO_CANDIDATE, None
         query_scores = scores[request]
         # The best score is served, as the gateway does; on a tie the earlier (more similar)
         # candidate wins.
         best = int(np.argmax(query_scores))
-        best_score.append(query_scores[best])
-        served.append(candidates[pair.b][best].question)
-    judged.verifier, judged.verifier_by_groups = scored(best_score, served)
+        return query_scores[best], candidates[pair.b][best].question
+
+    judged.verifier, judged.verifier_by_groups = scored(verified)
     return judged

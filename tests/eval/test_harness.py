@@ -4,7 +4,8 @@ The labelled file is built so that its answers are certain whatever the verifier
 
 * every stored question is unrelated to every other (all-MiniLM-L6-v2 cosine < 0.35 between
   any two, far under the 0.5 L2 floor), so each query has at most one candidate;
-* "same" pairs ask the identical question (cosine 1): they must hit, on their own entry;
+* "same" pairs ask the identical question (cosine 1): they must hit, on their own entry
+  (in cache mode as L1 exact hits, which never reach L2 or the verifier);
 * "unrelated" pairs have no candidate above the floor: a miss at every threshold;
 * "trap" is a deliberately mislabelled non-duplicate whose ``b`` differs from ``a`` only by a
   doubled space (tokenizers split on whitespace, so both models see identical tokens): it must
@@ -136,12 +137,16 @@ def test_cache_mode_counts_the_wrong_entry(run: Any, served: Settings, pairs_fil
     assert result["false_hit_rate"] == pytest.approx(1 / 4)
     assert result["precision"] == pytest.approx(5 / 7)
     assert result["wrong_entry_rate"] == pytest.approx(1 / 6)
+    # The "same" queries are stored verbatim: L1 exact hits, served at every threshold.
+    top = result["sweep"][-1]
+    assert top["threshold"] == 1.0 and top["duplicate_hits"] == 5
     collide = result["per_category"]["collide"]
     assert (collide["hits"], collide["wrong_entry_hits"], collide["hit_rate"], collide["precision"]) == (1, 1, 0.0, 0.0)
     check_sweep(result)
     if verifier == "service":
-        # One Score call per distinct query with a candidate, one candidate each.
-        assert (result["timings"]["score_calls"], result["timings"]["candidates_scored"]) == (6, 6)
+        # The "same" queries are L1 exact hits and never reach the verifier; "collide" and
+        # "trap" each have one candidate.
+        assert (result["timings"]["score_calls"], result["timings"]["candidates_scored"]) == (2, 2)
     # No stored question is joined to another by the labels here, so both views agree.
     by_groups = result["by_duplicate_groups"][0]
     assert by_groups["threshold"] == result["threshold"] and by_groups["right_hits"] == result["right_hits"]

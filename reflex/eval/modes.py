@@ -151,7 +151,7 @@ def served_is_right(pair: Pair, served_question: str) -> bool:
       same entry): right exactly when the pair is labelled a duplicate;
     * a stored question textually identical to ``b`` itself: right, whatever the label,
       because it is the very question asked (QQP repeats questions across pairs: 12% of its
-      ``b``s are some other pair's ``a``; in production these are L1 exact hits);
+      ``b``s are some other pair's ``a``; these are L1 exact hits, see ``run_cache``);
     * any other entry: wrong, even on a duplicate pair. The label says nothing about that
       entry, so we count the worst case: a hit the verifier cannot justify from the labels.
     """

@@ -12,7 +12,7 @@ DEFINITIONS = (
     "false-hit rate = non-duplicates served a wrong answer / non-duplicates; "
     "precision = right hits / all hits; "
     "wrong-entry hit (cache mode) = a duplicate served another stored question's answer, counted as wrong; "
-    "a stored question textually identical to the query is always right; "
+    "a query stored verbatim (cache mode) is an L1 exact hit: right, at every threshold; "
     "'by duplicate groups' also counts as right any entry joined to the query by duplicate labels."
 )
 
@@ -77,7 +77,7 @@ def render_text(result: dict[str, Any]) -> str:
     if result["mode"] == "cache":
         lines.append(
             f"cache: {result['entries']} distinct stored questions; "
-            f"{result['exact_repeats']} queries are exact repeats of a stored question"
+            f"{result['exact_repeats']} queries are stored verbatim (L1 exact hits, served at every threshold)"
         )
     lines.append("")
     width = 28

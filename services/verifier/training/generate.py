@@ -324,8 +324,9 @@ TASKS: list[Task] = [
       {"port": [("80",), ("443",), ("3000",), ("5432",), ("8080",)], "os": OSES[:4]}, category="number"),
     # --- CSS / web (scope)
     T(("center {obj} in CSS", "center {obj} with CSS", "CSS to center {obj}"),
-      {"obj": ab("a div", "text inside a div|the text in a div", "an image", "a button inside a form",
-                 "a div vertically", "a div horizontally")}, category="scope"),
+      # "Center a div" usually means both axes, so spelling that out is the same question.
+      {"obj": ab("a div|a div horizontally and vertically|a div both ways", "text inside a div|the text in a div",
+                 "an image", "a button inside a form")}, category="scope"),
     T(("{op} an element with JavaScript", "{op} a DOM element in JS"),
       {"op": ab("show|display", "hide", "remove|delete", "disable")}),
     T(("{op} {what} in CSS", "{op} {what} with CSS"),

@@ -52,8 +52,8 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=64, help="tokens per (A, B) pair; QQP pairs rarely need more")
-    p.add_argument("--lr", type=float, default=4e-5)
-    p.add_argument("--warmup-steps", type=int, default=100, help="steps with a linearly rising learning rate")
+    p.add_argument("--lr", type=float, default=6e-5)
+    p.add_argument("--warmup-steps", type=int, default=300, help="steps with a linearly rising learning rate")
     p.add_argument("--freeze-layers", type=int, default=2,
                    help="lowest encoder layers kept frozen (with the embeddings): faster CPU steps, less to overfit")
     p.add_argument("--save-every", type=int, default=100,

@@ -34,6 +34,8 @@ from tests.gateway.conftest import RAW, gateway_settings
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.loop_thread import LoopThread
 
+THRESHOLD = 0.70
+
 DIM = 32
 TEST_KEY = web.AppKey("test_api_key", str)
 CHAT = "/v1/chat/completions"
@@ -163,7 +165,10 @@ def make_client(
     aiohttp_client: Any, fake_upstream: FakeUpstream, embedder: ControlledEmbedder, verifier: ControlledVerifier, l2: L2Store
 ) -> Callable[..., Any]:
     async def make(**overrides: Any) -> TestClient:
-        values = {"semantic": True, "embedder_timeout_ms": 300, "verifier_timeout_ms": 300, **overrides}
+        # The threshold is pinned: these tests are about the cascade's logic at a known
+        # threshold, not about the shipped default (which the verifier's curve picks).
+        values = {"semantic": True, "embedder_timeout_ms": 300, "verifier_timeout_ms": 300,
+                  "reranker_threshold": THRESHOLD, **overrides}
         settings = gateway_settings(fake_upstream, **values)
         app = create_app(settings, embedder=embedder, verifier=verifier, l2=l2)
         app[TEST_KEY] = f"sk-{uuid.uuid4().hex}"  # a tenant of this test's own in the shared L2
@@ -242,7 +247,7 @@ async def test_l3_hit_streams_with_the_requests_model_and_one_fresh_id(
 
 @pytest.mark.parametrize(
     ("score", "status"),
-    [(0.70, "hit-l3-verified"), (0.6999, "miss"), (1.0, "hit-l3-verified"), (0.0, "miss")],
+    [(THRESHOLD, "hit-l3-verified"), (THRESHOLD - 1e-4, "miss"), (1.0, "hit-l3-verified"), (0.0, "miss")],
     ids=["at-threshold", "just-below", "certain", "zero"],
 )
 async def test_threshold_boundary(

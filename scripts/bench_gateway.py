@@ -226,19 +226,16 @@ async def run_semantic(args: argparse.Namespace) -> None:
     """L3-verified hits and misses through `reflex serve` (real MiniLM embedder, real verifier
     gRPC service, Qdrant Edge), against the fake upstream called directly.
 
-    Without the trained verifier shipped, a small untrained cross-encoder stands in, and the
-    threshold is set to 0 so that every lookup with a candidate takes the full L3 path: this
-    measures latency only, never hit quality.
+    The shipped verifier runs with the threshold set to 0, so that every lookup with a
+    candidate takes the full L3 path (the verifier's work is the same whatever it answers):
+    this measures latency only, never hit quality (that is `reflex eval`'s job).
     """
     from services.verifier.cross_encoder import default_model_path as shipped_verifier
-    from tests.support.models import build_tiny_cross_encoder
 
     upstream_port, gateway_port = free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         verifier_dir = shipped_verifier()
-        if not (verifier_dir / "config.json").exists():
-            verifier_dir = build_tiny_cross_encoder(Path(tmp) / "verifier")
         try:
             procs.append(spawn([sys.executable, "-m", "tests.support.fake_upstream", "--port", str(upstream_port)]))
             procs.append(spawn(

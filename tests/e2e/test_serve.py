@@ -118,7 +118,7 @@ def test_paraphrase_is_a_verified_hit(serve: ServeProcess, upstream: FakeUpstrea
     calls = upstream.chat_count
 
     # (The issue's own example, "What's the CSS to center a div horizontally and vertically?",
-    # scores 0.83 with the shipped verifier, below its 0.88 threshold: a miss, which is safe.
+    # scores 0.83 with the shipped verifier, below its 0.92 threshold: a miss, which is safe.
     # tests/verifier_model keeps it as a strict xfail until a better model lands.)
     status, headers, answer = serve.ask("How can I center a div using CSS?")
     assert status == "hit-l3-verified", headers

@@ -211,7 +211,7 @@ def test_embeddings_are_cached_between_runs(run: Any, served: Settings, pairs_fi
 def test_shipped_verifier_says_yes_to_identical_questions(run: Any, served: Settings, pairs_file: Path) -> None:
     # Pairwise, so identical questions go through the verifier rather than L1. At 0.5 ("more
     # likely the same than not"), not the configured threshold: the shipped model scores
-    # identical questions 0.85-0.91, under the 0.88 default for some of them (see the report).
+    # identical questions 0.85-0.91, under the 0.92 default for some of them (see the report).
     rc, result, _ = run(served, "--pairs", str(pairs_file), "--json", "--mode", "pairwise", "--threshold", "0.5")
     assert rc == 0
     assert result["per_category"]["same"]["hit_rate"] == 1.0

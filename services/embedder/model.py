@@ -21,7 +21,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from reflex.config import Settings
-from services.common.encoding import Encoding, collate_padded
+from services.common.encoding import Encoding, PaddedRows, encodings_from
 from services.common.torch_runtime import Runtime, choose_runtime, local_model_dir, model_name
 
 log = logging.getLogger("reflex.embedder")
@@ -82,7 +82,7 @@ class SentenceTransformerLayout:
         return cls(transformer_dir, pooling_modes, max_seq_length, lower)
 
 
-class EmbeddingModel:
+class EmbeddingModel(PaddedRows):
     """A ModelBackend (services.common.batching) for text -> unit vector."""
 
     def __init__(self, path: Path, settings: Settings, runtime: Runtime | None = None) -> None:
@@ -109,14 +109,7 @@ class EmbeddingModel:
         cut = [t[:limit].lower() if self.layout.do_lower_case else t[:limit] for t in texts]
         enc = self.tokenizer(cut, truncation=True, max_length=self.max_tokens, padding=False,
                              return_attention_mask=False, return_token_type_ids=self._uses_token_types)
-        types = enc.get("token_type_ids") if self._uses_token_types else None
-        return [Encoding(ids, types[i] if types is not None else None) for i, ids in enumerate(enc["input_ids"])]
-
-    def num_tokens(self, encoding: Encoding) -> int:
-        return len(encoding.input_ids)
-
-    def collate(self, encodings: Sequence[Encoding]) -> dict[str, torch.Tensor]:
-        return collate_padded(encodings, self._pad_id)
+        return encodings_from(enc, with_token_types=self._uses_token_types)
 
     @torch.inference_mode()
     def forward(self, batch: dict[str, torch.Tensor]) -> np.ndarray:

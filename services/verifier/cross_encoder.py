@@ -18,7 +18,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import services.verifier
 from reflex.config import Settings
-from services.common.encoding import Encoding, collate_padded
+from services.common.encoding import Encoding, PaddedRows, encodings_from
 from services.common.torch_runtime import Runtime, choose_runtime, local_model_dir, model_name
 
 log = logging.getLogger("reflex.verifier")
@@ -47,7 +47,7 @@ def resolve_model_path(settings: Settings) -> Path:
     return local_model_dir(shipped, what="verifier", setting="REFLEX_RERANKER_PATH")
 
 
-class CrossEncoderModel:
+class CrossEncoderModel(PaddedRows):
     """A ModelBackend (services.common.batching) for (query, candidate) -> probability."""
 
     def __init__(self, path: Path, settings: Settings, runtime: Runtime | None = None) -> None:
@@ -75,14 +75,7 @@ class CrossEncoderModel:
         enc = self.tokenizer([q[:limit] for q, _ in pairs], [c[:limit] for _, c in pairs], truncation=True,
                              max_length=self.max_tokens, padding=False, return_attention_mask=False,
                              return_token_type_ids=self._uses_token_types)
-        types = enc.get("token_type_ids") if self._uses_token_types else None
-        return [Encoding(ids, types[i] if types is not None else None) for i, ids in enumerate(enc["input_ids"])]
-
-    def num_tokens(self, encoding: Encoding) -> int:
-        return len(encoding.input_ids)
-
-    def collate(self, encodings: Sequence[Encoding]) -> dict[str, torch.Tensor]:
-        return collate_padded(encodings, self._pad_id)
+        return encodings_from(enc, with_token_types=self._uses_token_types)
 
     @torch.inference_mode()
     def forward(self, batch: dict[str, torch.Tensor]) -> np.ndarray:

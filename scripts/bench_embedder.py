@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from reflex.config import Settings  # noqa: E402
+from reflex.settings import ModelServiceSettings  # noqa: E402
 from services.embedder.main import start_embedder_server  # noqa: E402
 from services.gateway.model_clients import GrpcEmbedder, GrpcVerifier  # noqa: E402
 from services.verifier.cross_encoder import default_model_path as shipped_verifier  # noqa: E402
@@ -96,13 +96,13 @@ async def main() -> None:
                         help="cross-encoder dir (default: the shipped model, else one built from MiniLM's 6 layers)")
     args = parser.parse_args()
 
-    settings = Settings.from_env()
+    settings = ModelServiceSettings.from_env()
     texts = load_questions(args.data, args.texts)
     embedder = await start_embedder_server(settings, 0)
     model = embedder.backend
     print(f"embedder: {model.name} on {model.runtime.device}/{model.runtime.dtype_name}, "
-          f"threads={model.runtime.threads}, max_batch_size={settings.max_batch_size}, "
-          f"max_wait={settings.max_batch_wait_ms} ms, {len(texts)} QQP questions")
+          f"threads={model.runtime.threads}, max_batch_size={settings.batching.max_batch_size}, "
+          f"max_wait={settings.batching.max_batch_wait_ms} ms, {len(texts)} QQP questions")
 
     # Baseline and gRPC alternate, and each round gives its own ratio: on a shared machine the
     # load drifts, and a ratio of two rates measured back to back suffers far less from it.
@@ -113,7 +113,7 @@ async def main() -> None:
         # The stricter baseline: the better of max-size batches and small ones (small batches
         # pad less and stay in cache on a CPU, so they can beat max-size ones).
         raw = [await asyncio.to_thread(raw_forward_rate, model, texts, size)
-               for size in sorted({settings.max_batch_size, 16})]
+               for size in sorted({settings.batching.max_batch_size, 16})]
         raw_f, raw_t = max(r[0] for r in raw), max(r[1] for r in raw)
         grpc_r = await grpc_rate(client, texts, args.concurrency)
         ratios_fwd.append(grpc_r / raw_f)
@@ -139,7 +139,7 @@ async def main() -> None:
             from tests.support.models import build_tiny_cross_encoder  # MiniLM-sized, untrained head
 
             path = build_tiny_cross_encoder(Path(tmp) / "cross-encoder", num_layers=6)
-        verifier = await start_verifier_server(settings.model_copy(update={"reranker_path": path}), 0)
+        verifier = await start_verifier_server(settings.replace(reranker_path=path), 0)
         vclient = GrpcVerifier(f"127.0.0.1:{verifier.port}")
         candidates = [
             "What's the CSS to center a div horizontally and vertically?",

@@ -168,7 +168,7 @@ async def run(args: argparse.Namespace) -> None:
         }
         if redis is not None:
             gateway_env["REFLEX_REDIS_URL"] = redis.url
-        procs.append(spawn([sys.executable, "-c", "import sys; from reflex.cli import main; sys.exit(main(['gateway']))"], gateway_env))
+        procs.append(spawn([sys.executable, "-c", "import sys; from commands.cli import main; sys.exit(main(['gateway']))"], gateway_env))
         procs.append(spawn([sys.executable, "-c", BARE_SERVER, str(bare_port)]))
         upstream = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
         gateway = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
@@ -239,7 +239,7 @@ async def run_semantic(args: argparse.Namespace) -> None:
         try:
             procs.append(spawn([sys.executable, "-m", "tests.support.fake_upstream", "--port", str(upstream_port)]))
             procs.append(spawn(
-                [sys.executable, "-c", "import sys; from reflex.cli import main; sys.exit(main(['serve']))"],
+                [sys.executable, "-c", "import sys; from commands.cli import main; sys.exit(main(['serve']))"],
                 {
                     "REFLEX_PORT": str(gateway_port),
                     "REFLEX_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}/v1",

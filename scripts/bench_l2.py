@@ -32,17 +32,18 @@ from typing import Any
 
 import numpy as np
 
+from reflex.tiers import L2Point, L2Scope
 from services.gateway.l2 import EdgeL2Store, RemoteL2Store
 
 DEFAULT_QQP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "qqp_dev.jsonl.gz"
 MODEL = "gpt-4o"
 
 
-def scope_of(i: int, n_points: int) -> tuple[str, str]:
-    """Tenant and context of point i: 10% in one large scope, the rest in ~500 small ones."""
+def scope_of(i: int, n_points: int) -> L2Scope:
+    """The scope of point i: 10% in one large scope, the rest in ~500 small ones."""
     if i % 10 == 0:
-        return "tenant-big", "ctx-big"
-    return f"tenant-{i % 7}", f"ctx-{i % 499}"
+        return L2Scope(tenant="tenant-big", model=MODEL, context_hash="ctx-big")
+    return L2Scope(tenant=f"tenant-{i % 7}", model=MODEL, context_hash=f"ctx-{i % 499}")
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -54,16 +55,15 @@ async def load(store: Any, vectors: np.ndarray) -> float:
     """Upsert every vector one at a time; points per second."""
     started = time.perf_counter()
     for i, v in enumerate(vectors):
-        tenant, ctx = scope_of(i, len(vectors))
         await store.upsert(
-            entry_id=f"{i:064x}",
-            tenant=tenant,
-            model=MODEL,
-            context_hash=ctx,
-            question=f"question {i}",
-            vector=v.tolist(),
-            entry=b'{"v":1}' + bytes(400),  # about the size of a short cached completion
-            ttl_secs=3600,
+            L2Point(
+                entry_id=f"{i:064x}",
+                scope=scope_of(i, len(vectors)),
+                question=f"question {i}",
+                vector=v.tolist(),
+                entry=b'{"v":1}' + bytes(400),  # about the size of a short cached completion
+                ttl_secs=3600,
+            )
         )
     return len(vectors) / (time.perf_counter() - started)
 
@@ -71,12 +71,10 @@ async def load(store: Any, vectors: np.ndarray) -> float:
 async def query_latency(store: Any, vectors: np.ndarray, picks: list[int], rng: np.random.Generator) -> list[float]:
     latencies = []
     for i in picks:
-        tenant, ctx = scope_of(i, len(vectors))
+        scope = scope_of(i, len(vectors))
         q = vectors[i] + rng.normal(0, 0.02, vectors.shape[1]).astype(np.float32)  # a near-paraphrase
         started = time.perf_counter()
-        hits = await store.search(
-            tenant=tenant, model=MODEL, context_hash=ctx, vector=q.tolist(), top_k=5, min_similarity=0.5
-        )
+        hits = await store.search(scope, q.tolist(), top_k=5, min_similarity=0.5)
         latencies.append(time.perf_counter() - started)
         if not hits or hits[0].entry_id != f"{i:064x}":
             raise AssertionError(f"query {i}: its own point was not the best hit")
@@ -162,14 +160,13 @@ async def bench_recall(args: argparse.Namespace) -> None:
     exact = np.argsort(-(q_vec @ s_vec.T), axis=1)[:, :5]  # ground truth: exact cosine top 5
 
     # Worst case for recall: every entry in ONE scope (one tenant, one context), indexed.
+    scope = L2Scope(tenant="t", model=MODEL, context_hash="c")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "shard"
         store = await EdgeL2Store.open(path, s_vec.shape[1], optimize_every_points=0)
         for i, v in enumerate(s_vec):
-            await store.upsert(
-                entry_id=f"{i:064x}", tenant="t", model=MODEL, context_hash="c", question=stored[i],
-                vector=v.tolist(), entry=b"e", ttl_secs=3600,
-            )
+            point = L2Point(f"{i:064x}", scope, question=stored[i], vector=v.tolist(), entry=b"e", ttl_secs=3600)
+            await store.upsert(point)
         await store.optimize()
         await store.close()
         print(f"recall@5 of Edge (binary quantization + rescoring) vs exact, {len(stored)} entries in one scope:")
@@ -179,9 +176,7 @@ async def bench_recall(args: argparse.Namespace) -> None:
             lat = []
             for qi, q in enumerate(q_vec):
                 started = time.perf_counter()
-                hits = await store.search(
-                    tenant="t", model=MODEL, context_hash="c", vector=q.tolist(), top_k=5, min_similarity=-1.0
-                )
+                hits = await store.search(scope, q.tolist(), top_k=5, min_similarity=-1.0)
                 lat.append(time.perf_counter() - started)
                 got = {int(h.entry_id, 16) for h in hits}
                 found += len(got & set(exact[qi].tolist()))

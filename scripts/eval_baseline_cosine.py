@@ -23,9 +23,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from reflex.config import Settings
-from reflex.eval.cli import build_result, measure, parse_args, plot_result
-from reflex.eval.data import load_pairs
+from reflex.settings import EvalSettings
+from commands.eval.cli import build_result, measure, parse_args, plot_result
+from commands.eval.data import load_pairs
 
 DEFAULT_SETS = ["qqp-validation:pairwise", "qqp-validation:cache", "fow-cache:pairwise", "fow-cache:cache"]
 TARGETS = (0.01, 0.02, 0.05)
@@ -35,7 +35,7 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
 
-def run_one(source: str, mode: str, args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+def run_one(source: str, mode: str, args: argparse.Namespace, settings: EvalSettings) -> dict[str, Any]:
     argv = ["--pairs", source, "--mode", mode, "--json", "--cache-dir", str(args.cache_dir)]
     for target in TARGETS:
         argv += ["--target-fhr", str(target)]
@@ -44,7 +44,7 @@ def run_one(source: str, mode: str, args: argparse.Namespace, settings: Settings
     if args.out:
         argv += ["--plot", str(args.out / f"{source}-{mode}.png")]
     eval_args = parse_args(argv, settings)
-    pairs = load_pairs(source, limit=args.limit, qqp_path=settings.qqp_path)
+    pairs = load_pairs(source, limit=args.limit, qqp_path=settings.training.qqp_path)
     measured = asyncio.run(measure(pairs, eval_args, settings))
     result = build_result(pairs, measured, eval_args, settings)
     if args.out:
@@ -83,7 +83,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="directory for each run's JSON report and sweep plot")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "reflex" / "eval")
     args = parser.parse_args()
-    settings = Settings.from_env()
+    settings = EvalSettings.from_env()
     results = []
     for spec in args.set or DEFAULT_SETS:
         source, _, mode = spec.partition(":")

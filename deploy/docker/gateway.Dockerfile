@@ -1,8 +1,23 @@
 # syntax=docker/dockerfile:1
 # Reflex gateway: the stateless HTTP front (`reflex gateway`). No model runs here, so the image
-# is python:3.11-slim with the CPU build of torch (the package depends on torch; the gateway
-# never imports it, but the CUDA build would add gigabytes for nothing).
+# installs the `[gateway]` extra only: no torch, no transformers, no matplotlib (import-linter
+# forbids the gateway those imports; tests/gateway/test_without_models.py proves it serves
+# without them).
 #   docker build -f deploy/docker/gateway.Dockerfile -t reflex-gateway:0.1.0 .
+
+# ---- stage 1: the gRPC stubs, generated with the pinned grpcio-tools (pyproject's [protos]).
+# The gateway is a client of the model services, so it needs the stubs; it never needs the
+# generator, which stays behind in this stage.
+FROM python:3.11-slim AS stubs
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY protos protos
+COPY scripts/gen-protos.sh scripts/gen-protos.sh
+RUN pip install grpcio-tools==1.85.1 \
+ && ./scripts/gen-protos.sh
+
+# ---- stage 2: the runtime.
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -16,17 +31,14 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY protos protos
-COPY scripts scripts
 COPY reflex reflex
 COPY services services
+COPY commands commands
+# The stubs beside the package before `pip install`, so they are packaged with it.
+COPY --from=stubs /src/reflex/embedder/v1 reflex/embedder/v1
+COPY --from=stubs /src/reflex/verifier/v1 reflex/verifier/v1
 
-# The same install as the Makefile: torch pinned first, then the pinned stub generator, then the
-# project. Stubs are generated BEFORE `pip install .` so they are packaged with it.
-RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
- && pip install grpcio-tools==1.85.1 \
- && ./scripts/gen-protos.sh \
- && pip install . \
+RUN pip install '.[gateway]' \
  && rm -rf /src
 
 # A numeric uid, so Kubernetes' runAsNonRoot can verify it without resolving names.

@@ -1,10 +1,25 @@
 # syntax=docker/dockerfile:1
-# Reflex verifier: the `reflex verifier` gRPC model service, CUDA-capable. torch's PyPI wheels for
-# Linux bundle the CUDA runtime (as nvidia-* wheels), so a plain python:3.11-slim base runs on
-# GPU nodes with only the host's NVIDIA driver, injected by the NVIDIA container runtime, and
+# Reflex verifier: the `reflex verifier` gRPC model service, CUDA-capable. It installs torch and
+# the `[models]` extra only (no aiohttp, Redis or Qdrant clients, no eval or training packages):
+# the service runs on torch, transformers and numpy, as the embedder does. torch's PyPI wheels
+# for Linux bundle the CUDA runtime (as nvidia-* wheels), so a plain python:3.11-slim base runs
+# on GPU nodes with only the host's NVIDIA driver, injected by the NVIDIA container runtime, and
 # on CPU nodes unchanged. The model is in the image: the trained cross-encoder in
 # services/verifier/model, packaged with Reflex.
 #   docker build -f deploy/docker/verifier.Dockerfile -t reflex-verifier:0.1.0 .
+
+# ---- stage 1: the gRPC stubs, generated with the pinned grpcio-tools (pyproject's [protos]).
+# The generator stays behind in this stage; only its output reaches the runtime image.
+FROM python:3.11-slim AS stubs
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY protos protos
+COPY scripts/gen-protos.sh scripts/gen-protos.sh
+RUN pip install grpcio-tools==1.85.1 \
+ && ./scripts/gen-protos.sh
+
+# ---- stage 2: the runtime.
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -20,18 +35,17 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY protos protos
-COPY scripts scripts
 COPY reflex reflex
 COPY services services
+COPY commands commands
+# The stubs beside the package before `pip install`, so they are packaged with it.
+COPY --from=stubs /src/reflex/embedder/v1 reflex/embedder/v1
+COPY --from=stubs /src/reflex/verifier/v1 reflex/verifier/v1
 
-# The same install as the Makefile: torch pinned first (here the default, CUDA-enabled wheel),
-# then the pinned stub generator, then the project. Stubs are generated BEFORE `pip install .`
-# so they are packaged with it.
+# torch pinned first, as the Makefile does (here the default, CUDA-enabled wheel from PyPI), then
+# the project with its `[models]` extra, which the pinned torch already satisfies.
 RUN pip install torch==2.13.0 \
- && pip install grpcio-tools==1.85.1 \
- && ./scripts/gen-protos.sh \
- && pip install . \
+ && pip install '.[models]' \
  && rm -rf /src
 
 # A numeric uid, so Kubernetes' runAsNonRoot can verify it without resolving names.

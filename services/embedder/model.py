@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from reflex.config import Settings
-from services.common.encoding import Encoding, PaddedRows, encodings_from
-from services.common.torch_runtime import Runtime, choose_runtime, local_model_dir, model_name
+from reflex.settings import ModelServiceSettings, ModelSettings
+from services.model_server.encoding import Encoding, PaddedRows, encodings_from
+from services.model_server.torch_runtime import Runtime, choose_runtime, local_model_dir, model_name
 
 log = logging.getLogger("reflex.embedder")
 
@@ -83,9 +83,9 @@ class SentenceTransformerLayout:
 
 
 class EmbeddingModel(PaddedRows):
-    """A ModelBackend (services.common.batching) for text -> unit vector."""
+    """A ModelBackend (services.model_server.batching) for text -> unit vector."""
 
-    def __init__(self, path: Path, settings: Settings, runtime: Runtime | None = None) -> None:
+    def __init__(self, path: Path, settings: ModelSettings, runtime: Runtime | None = None) -> None:
         self.path = path
         self.name = model_name(path)
         self.runtime = runtime or choose_runtime(settings)
@@ -131,9 +131,9 @@ class EmbeddingModel(PaddedRows):
         return vectors.cpu().numpy()
 
 
-def resolve_model_path(settings: Settings) -> Path:
-    return local_model_dir(settings.model_path or default_model_path(), what="embedder", setting="REFLEX_MODEL_PATH")
+def resolve_model_path(settings: ModelSettings) -> Path:
+    return local_model_dir(settings.embedder_path or default_model_path(), what="embedder", setting="REFLEX_MODEL_PATH")
 
 
-def load_embedding_model(settings: Settings) -> EmbeddingModel:
-    return EmbeddingModel(resolve_model_path(settings), settings)
+def load_embedding_model(settings: ModelServiceSettings) -> EmbeddingModel:
+    return EmbeddingModel(resolve_model_path(settings.model), settings.model)

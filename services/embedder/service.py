@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 
 from reflex.embedder.v1 import embedder_pb2, embedder_pb2_grpc
-from services.common.errors import InvalidInput
-from services.common.grpc_server import ModelServer, ServiceSpec
 from services.embedder.model import EmbeddingModel, load_embedding_model
+from services.model_server.errors import InvalidInput
+from services.model_server.grpc_server import ModelServer, ServiceSpec
 
 GRPC_SERVICE = embedder_pb2.DESCRIPTOR.services_by_name["EmbedderService"].full_name
 DEFAULT_PORT = 50051
@@ -17,31 +17,27 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
     def __init__(self, server: ModelServer[EmbeddingModel]) -> None:
         self._server = server
 
+    # Failures are raised, never answered here: ErrorMappingInterceptor
+    # (services.model_server.interceptors) counts them and picks the gRPC code.
     async def Embed(self, request: embedder_pb2.EmbedRequest, context: grpc.aio.ServicerContext
                     ) -> embedder_pb2.EmbedResponse:
-        async def run() -> embedder_pb2.EmbedResponse:
-            if not request.texts:
-                raise InvalidInput("texts is empty")
-            vectors, timing = await self._server.require_batcher().submit(list(request.texts))
-            return embedder_pb2.EmbedResponse(
-                vectors=[embedder_pb2.Vector(values=v.tolist()) for v in vectors],
-                timing=embedder_pb2.Timing(queue_time_ns=timing.queue_ns, tokenize_time_ns=timing.tokenize_ns,
-                                           inference_time_ns=timing.inference_ns),
-            )
-
-        return await self._server.handle("Embed", context, run)
+        if not request.texts:
+            raise InvalidInput("texts is empty")
+        vectors, timing = await self._server.require_batcher().submit(list(request.texts))
+        return embedder_pb2.EmbedResponse(
+            vectors=[embedder_pb2.Vector(values=v.tolist()) for v in vectors],
+            timing=embedder_pb2.Timing(queue_time_ns=timing.queue_ns, tokenize_time_ns=timing.tokenize_ns,
+                                       inference_time_ns=timing.inference_ns),
+        )
 
     async def Info(self, request: embedder_pb2.InfoRequest, context: grpc.aio.ServicerContext
                    ) -> embedder_pb2.InfoResponse:
-        async def run() -> embedder_pb2.InfoResponse:
-            model = self._server.require_backend()
-            return embedder_pb2.InfoResponse(
-                model_name=model.name, dimension=model.dimension, max_tokens=model.max_tokens,
-                device=str(model.runtime.device), dtype=model.runtime.dtype_name,
-                max_batch_size=self._server.settings.max_batch_size,
-            )
-
-        return await self._server.handle("Info", context, run)
+        model = self._server.require_backend()
+        return embedder_pb2.InfoResponse(
+            model_name=model.name, dimension=model.dimension, max_tokens=model.max_tokens,
+            device=str(model.runtime.device), dtype=model.runtime.dtype_name,
+            max_batch_size=self._server.settings.batching.max_batch_size,
+        )
 
 
 def _register(server: grpc.aio.Server, model_server: ModelServer[EmbeddingModel]) -> None:

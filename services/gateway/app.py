@@ -14,22 +14,22 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from reflex import tokens
-from reflex.config import Settings
+from reflex.settings import GatewaySettings
+from reflex.tiers import Embedder, L2Store, Verifier
 from services.gateway.cascade import Cascade, SemanticTiers
 from services.gateway.errors import error_middleware
 from services.gateway.handlers import add_routes, bound_inflight, count_requests
 from services.gateway.l1 import open_l1
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.semantic import LazyL2Store, grpc_clients
-from services.gateway.state import L1, METRICS, SETTINGS, STATE, TIERS, UPSTREAM, GatewayState
-from services.gateway.tiers import Embedder, L2Store, Verifier
+from services.gateway.state import L1, METRICS, STATE, TIERS, UPSTREAM, GatewayState
 from services.gateway.upstream import open_upstream
 
 log = logging.getLogger("reflex.gateway")
 
 
 def create_app(
-    settings: Settings,
+    settings: GatewaySettings,
     *,
     embedder: Embedder | None = None,
     verifier: Verifier | None = None,
@@ -39,22 +39,21 @@ def create_app(
     (``reflex serve``, tests); missing ones are built from settings and closed with the app."""
     app = web.Application(
         # aiohttp itself refuses larger bodies (the error middleware renders the 413)
-        client_max_size=settings.max_body_bytes,
+        client_max_size=settings.http.max_body_bytes,
         middlewares=[count_requests, error_middleware, bound_inflight],
     )
-    app[SETTINGS] = settings
     app[METRICS] = GatewayMetrics()
 
     async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-        upstream = open_upstream(settings)
+        upstream = open_upstream(settings.upstream)
         app[UPSTREAM] = upstream
-        if settings.mock_provider:
+        if settings.upstream.mock_provider:
             log.info("mock provider: misses are answered locally, nothing is sent upstream")
         yield
         await upstream.close()
 
     async def l1_ctx(app: web.Application) -> AsyncIterator[None]:
-        l1 = open_l1(settings)
+        l1 = open_l1(settings.l1, ttl_secs=settings.cache.cache_ttl_secs)
         app[L1] = l1
         log.info("L1 backend: %s", l1.name)
         yield
@@ -72,8 +71,7 @@ def create_app(
         state = GatewayState(settings=settings, cascade=cascade, upstream=app[UPSTREAM], metrics=app[METRICS])
         app[STATE] = state
         yield
-        state.draining = True
-        await state.drain(timeout=settings.shutdown_grace_secs)
+        await state.drain(timeout=settings.http.shutdown_grace_secs)
 
     async def tokens_ctx(app: web.Application) -> AsyncIterator[None]:
         # The o200k vocabulary takes ~0.4 s and ~140 MB to load; do it at start-up on a worker
@@ -87,14 +85,14 @@ def create_app(
 
 
 async def _semantic_tiers(
-    settings: Settings,
+    settings: GatewaySettings,
     metrics: GatewayMetrics,
     embedder: Embedder | None,
     verifier: Verifier | None,
     l2: L2Store | None,
     owned: list[Embedder | Verifier | L2Store],
 ) -> SemanticTiers | None:
-    if not settings.semantic:
+    if not settings.cache.semantic:
         log.info("semantic tiers off (REFLEX_SEMANTIC=0): exact L1 only")
         return None
     if embedder is None or verifier is None:
@@ -113,12 +111,12 @@ async def _semantic_tiers(
         )
         return None
     if l2 is None:
-        lazy = LazyL2Store(settings, embedder)
+        lazy = LazyL2Store(settings.l2, embedder, probe_timeout_secs=settings.models.embedder_timeout_ms / 1000)
         await lazy.open_now()
         owned.append(lazy)
         l2 = lazy
     log.info(
         "semantic tiers on: L2 top_k=%d floor=%.2f, L3 threshold=%.2f",
-        settings.l2_top_k, settings.l2_min_similarity, settings.reranker_threshold,
+        settings.l2.top_k, settings.l2.min_similarity, settings.verifier.threshold,
     )
     return SemanticTiers(embedder=embedder, verifier=verifier, l2=l2)

@@ -1,7 +1,7 @@
 """The verified cascade: L1 exact -> L2 vector search -> L3 verifier, and the write-back.
 
 Correctness rule: an L2 candidate is served only when the verifier scored it at or above
-``reranker_threshold`` in this very lookup. Every tier failure degrades to a plain miss (the
+the verifier threshold (REFLEX_RERANKER_THRESHOLD) in this very lookup. Every tier failure degrades to a plain miss (the
 request goes upstream); it is counted, logged once per outage, and reported by /ready.
 """
 
@@ -14,23 +14,29 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Any, TypeVar
 
-from reflex.config import Settings
-from services.gateway.entry import CachedEntry
+from reflex.entry import CachedEntry
+from reflex.settings import GatewaySettings
+from reflex.tiers import Embedder, L2Candidate, L2Point, L2Scope, L2Store, TierUnavailable, Verifier
 from services.gateway.keys import RequestKeys
 from services.gateway.l1 import L1Cache
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.tiers import Embedder, L2Candidate, L2Store, TierUnavailable, Verifier
 
 log = logging.getLogger("reflex.gateway.cascade")
 
 T = TypeVar("T")
 
-HIT_L1 = "hit-l1-exact"
-HIT_L3 = "hit-l3-verified"
-MISS = "miss"
-BYPASS = "bypass"
+
+
+class CacheStatus(StrEnum):
+    """What the cache did for a request: the X-Reflex-Status header and a metric label."""
+
+    HIT_L1 = "hit-l1-exact"
+    HIT_L3 = "hit-l3-verified"
+    MISS = "miss"
+    BYPASS = "bypass"  # the request asked not to be looked up (Cache-Control / X-Reflex-Cache)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +51,7 @@ class SemanticTiers:
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
-    status: str  # HIT_L1, HIT_L3 or MISS
+    status: CacheStatus  # HIT_L1, HIT_L3, MISS, or BYPASS when no lookup was made
     entry: CachedEntry | None = None
     similarity: float | None = None
     verifier_score: float | None = None
@@ -76,7 +82,7 @@ class ComponentHealth:
 class Cascade:
     def __init__(
         self,
-        settings: Settings,
+        settings: GatewaySettings,
         l1: L1Cache,
         tiers: SemanticTiers | None,
         metrics: GatewayMetrics,
@@ -87,9 +93,9 @@ class Cascade:
         self.tiers = tiers
         self.metrics = metrics
         self.health = health or ComponentHealth()
-        self._embed_timeout = settings.embedder_timeout_ms / 1000
-        self._verify_timeout = settings.verifier_timeout_ms / 1000
-        self._l2_timeout = settings.l2_timeout_ms / 1000
+        self._embed_timeout = settings.models.embedder_timeout_ms / 1000
+        self._verify_timeout = settings.models.verifier_timeout_ms / 1000
+        self._l2_timeout = settings.l2.timeout_ms / 1000
         # the clients enforce their own deadlines; ours is the backstop, a little later so
         # that a client's richer error (and its reason label) normally wins
         self._backstop = 0.05
@@ -139,14 +145,13 @@ class Cascade:
         if raw is not None:
             entry = self._decode(raw, "l1")
             if entry is not None:
-                return Lookup(HIT_L1, entry=entry)
-        if self.tiers is None or keys.question is None or keys.context_hash is None:
-            return Lookup(MISS)
-        return await self._semantic(keys, self.tiers)
+                return Lookup(CacheStatus.HIT_L1, entry=entry)
+        scope = keys.scope
+        if self.tiers is None or keys.question is None or scope is None:
+            return Lookup(CacheStatus.MISS)
+        return await self._semantic(keys.question, scope, self.tiers)
 
-    async def _semantic(self, keys: RequestKeys, tiers: SemanticTiers) -> Lookup:
-        assert keys.question is not None and keys.context_hash is not None
-        question, context_hash = keys.question, keys.context_hash
+    async def _semantic(self, question: str, scope: L2Scope, tiers: SemanticTiers) -> Lookup:
         vectors = await self._call(
             "embedder",
             "embed",
@@ -154,24 +159,19 @@ class Cascade:
             self._embed_timeout + self._backstop,
         )
         if not vectors:
-            return Lookup(MISS)
+            return Lookup(CacheStatus.MISS)
         vector = list(vectors[0])
         candidates = await self._call(
             "l2",
             "l2",
             lambda: tiers.l2.search(
-                tenant=keys.tenant,
-                model=keys.model,
-                context_hash=context_hash,
-                vector=vector,
-                top_k=self.settings.l2_top_k,
-                min_similarity=self.settings.l2_min_similarity,
+                scope, vector, top_k=self.settings.l2.top_k, min_similarity=self.settings.l2.min_similarity
             ),
             self._l2_timeout + self._backstop,
         )
         if not candidates:
-            return Lookup(MISS, vector=vector)
-        candidates = candidates[: self.settings.l2_top_k]
+            return Lookup(CacheStatus.MISS, vector=vector)
+        candidates = candidates[: self.settings.l2.top_k]
         scores = await self._call(
             "verifier",
             "verify",
@@ -179,15 +179,15 @@ class Cascade:
             self._verify_timeout + self._backstop,
         )
         if scores is None:
-            return Lookup(MISS, vector=vector)
+            return Lookup(CacheStatus.MISS, vector=vector)
         best = self._best_verified(candidates, scores)
         if best is None:
-            return Lookup(MISS, vector=vector)
+            return Lookup(CacheStatus.MISS, vector=vector)
         candidate, score = best
         entry = self._decode(candidate.entry, "l2")
         if entry is None:
-            return Lookup(MISS, vector=vector)
-        return Lookup(HIT_L3, entry=entry, similarity=candidate.similarity, verifier_score=score, vector=vector)
+            return Lookup(CacheStatus.MISS, vector=vector)
+        return Lookup(CacheStatus.HIT_L3, entry=entry, similarity=candidate.similarity, verifier_score=score, vector=vector)
 
     def _best_verified(self, candidates: list[L2Candidate], scores: list[float]) -> tuple[L2Candidate, float] | None:
         if len(scores) != len(candidates) or not all(isinstance(s, (int, float)) and math.isfinite(s) for s in scores):
@@ -199,7 +199,7 @@ class Cascade:
         best_index = max(range(len(scores)), key=scores.__getitem__)
         best_score = float(scores[best_index])
         self.metrics.verifier_scores.observe(best_score)
-        if best_score < self.settings.reranker_threshold:
+        if best_score < self.settings.verifier.threshold:
             return None
         return candidates[best_index], best_score
 
@@ -213,29 +213,31 @@ class Cascade:
             return None
 
     # ------------------------------------------------------------------ write-back
-    async def store(
-        self, keys: RequestKeys, entry: CachedEntry | dict[str, Any], vector: list[float] | None, *, l2: bool = True
-    ) -> None:
-        """Write one answer to L1 and (when eligible) L2 together. Runs after the response
-        was sent; a failure is counted and logged, never raised to anyone.
-
-        ``entry`` is a fresh completion from the upstream, or an entry served by L3 being
-        promoted to L1 (``l2=False``): it keeps the question it was cached for, so a later
-        exact hit still shows what the answer was matched to.
-        """
-        if isinstance(entry, CachedEntry):
-            question, completion = entry.question, entry.completion
-        else:
-            question, completion = keys.question, entry
-        data = CachedEntry(entry_id=keys.l1_key, completion=completion, question=question).to_bytes()
-        writes = [self._write("l1", self.l1.name, None, lambda: self.l1.set(keys.l1_key, data))]
-        if l2 and self.tiers is not None and keys.question is not None:
-            writes.append(self._store_l2(keys, data, vector, self.tiers))
+    async def store_answer(self, keys: RequestKeys, completion: dict[str, Any], vector: list[float] | None) -> None:
+        """Write a fresh upstream answer to L1 and (when eligible) L2 together. Runs after the
+        response was sent; a failure is counted and logged, never raised to anyone.
+        ``vector`` is the lookup's embedding of the question, when it made one."""
+        data = CachedEntry(entry_id=keys.l1_key, completion=completion, question=keys.question).to_bytes()
+        writes = [self._write_l1(keys, data)]
+        scope = keys.scope
+        if self.tiers is not None and keys.question is not None and scope is not None:
+            writes.append(self._store_l2(keys.l1_key, keys.question, scope, data, vector, self.tiers))
         await asyncio.gather(*writes)
 
-    async def _store_l2(self, keys: RequestKeys, data: bytes, vector: list[float] | None, tiers: SemanticTiers) -> None:
-        assert keys.question is not None and keys.context_hash is not None
-        question, context_hash = keys.question, keys.context_hash
+    async def promote(self, keys: RequestKeys, entry: CachedEntry) -> None:
+        """Copy an entry that L3 just served into L1 under this request's own key, so an exact
+        repeat of this wording skips the models next time. It keeps the question it was cached
+        for, so a later exact hit still shows what the answer was matched to. L2 already holds it."""
+        data = CachedEntry(entry_id=keys.l1_key, completion=entry.completion, question=entry.question).to_bytes()
+        await self._write_l1(keys, data)
+
+    async def _write_l1(self, keys: RequestKeys, data: bytes) -> None:
+        await self._write("l1", self.l1.name, None, lambda: self.l1.set(keys.l1_key, data))
+
+    async def _store_l2(
+        self, entry_id: str, question: str, scope: L2Scope, data: bytes, vector: list[float] | None,
+        tiers: SemanticTiers,
+    ) -> None:
         if vector is None:
             # The lookup did not embed (refresh, or the embedder was down): embedding here is
             # off the request's critical path.
@@ -249,22 +251,9 @@ class Cascade:
                 self.metrics.cache_writes.labels("l2", "skipped").inc()
                 return
             vector = list(vectors[0])
-        final_vector = vector
-        await self._write(
-            "l2",
-            "l2",
-            self._l2_timeout + self._backstop,
-            lambda: tiers.l2.upsert(
-                entry_id=keys.l1_key,
-                tenant=keys.tenant,
-                model=keys.model,
-                context_hash=context_hash,
-                question=question,
-                vector=final_vector,
-                entry=data,
-                ttl_secs=self.settings.cache_ttl_secs,
-            ),
-        )
+        point = L2Point(entry_id=entry_id, scope=scope, question=question, vector=vector, entry=data,
+                        ttl_secs=self.settings.cache.cache_ttl_secs)
+        await self._write("l2", "l2", self._l2_timeout + self._backstop, lambda: tiers.l2.upsert(point))
 
     async def _write(
         self, tier: str, component: str, deadline: float | None, call: Callable[[], Awaitable[None]]

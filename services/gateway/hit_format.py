@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reflex import tokens
-from reflex.config import ResponseFormat
+from reflex.settings import ResponseFormat
 from reflex.tauq import TauqError, dumps
 
 # Why a hit was served as it was (a bounded set: usable as a metric label).

@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 from blake3 import blake3
 
+from reflex.tiers import L2Scope
+
 ANONYMOUS_TENANT = "anonymous"
 
 # Fields that do not change the answer: a streaming and a non-streaming request with the
@@ -125,3 +127,10 @@ class RequestKeys:
             question=question,
             context_hash=context_hash(request) if question is not None else None,
         )
+
+    @property
+    def scope(self) -> L2Scope | None:
+        """The L2 scope of this request; None when it may only use L1."""
+        if self.question is None or self.context_hash is None:
+            return None
+        return L2Scope(tenant=self.tenant, model=self.model, context_hash=self.context_hash)

@@ -16,8 +16,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from reflex.config import Settings
-from services.gateway.tiers import TierUnavailable
+from reflex.settings import L1Settings
+from reflex.tiers import TierUnavailable
 
 
 class L1Cache(Protocol):
@@ -134,12 +134,12 @@ class RedisL1:
         await self._client.aclose()
 
 
-def open_l1(settings: Settings) -> L1Cache:
+def open_l1(settings: L1Settings, *, ttl_secs: int) -> L1Cache:
     if settings.redis_url is not None:
         return RedisL1(
             settings.redis_url.get_secret_value(),
-            ttl_secs=settings.cache_ttl_secs,
+            ttl_secs=ttl_secs,
             timeout_secs=settings.redis_timeout_ms / 1000,
             retry_secs=settings.redis_retry_secs,
         )
-    return MemoryL1(settings.l1_capacity, settings.cache_ttl_secs)
+    return MemoryL1(settings.l1_capacity, ttl_secs)

@@ -6,14 +6,14 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 
 from aiohttp import web
 
-from reflex.config import Settings
+from reflex.settings import GatewaySettings
+from reflex.signals import stop_event
+from reflex.tiers import Embedder, L2Store, Verifier
 from services.gateway.app import create_app
 from services.gateway.state import STATE
-from services.gateway.tiers import Embedder, L2Store, Verifier
 
 log = logging.getLogger("reflex.gateway")
 
@@ -24,7 +24,7 @@ class GatewayServer:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: GatewaySettings,
         *,
         embedder: Embedder | None = None,
         verifier: Verifier | None = None,
@@ -37,19 +37,19 @@ class GatewayServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.bind_addr}:{self.port}"
+        return f"http://{self.settings.http.bind_addr}:{self.port}"
 
     async def start(self) -> int:
         self._runner = web.AppRunner(
             self.app,
             # a caller that hangs up cancels its handler, and with it the upstream call
             handler_cancellation=True,
-            shutdown_timeout=self.settings.shutdown_grace_secs,
+            shutdown_timeout=self.settings.http.shutdown_grace_secs,
             # per-request access lines cost a measurable share of an L1 hit; /metrics counts requests
             access_log=None,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.bind_addr, self.settings.port, reuse_address=True)
+        site = web.TCPSite(self._runner, self.settings.http.bind_addr, self.settings.http.port, reuse_address=True)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         log.info("gateway listening on %s", self.url)
@@ -68,39 +68,16 @@ class GatewayServer:
         self._runner = None
 
 
-async def serve_gateway(
-    settings: Settings,
-    *,
-    embedder: Embedder | None = None,
-    verifier: Verifier | None = None,
-    l2: L2Store | None = None,
-    ready_event: asyncio.Event | None = None,
-) -> None:
-    """Run the gateway until cancelled, then drain gracefully. Injected tiers stay the
-    caller's to close (``reflex serve`` runs them in-process)."""
-    server = GatewayServer(settings, embedder=embedder, verifier=verifier, l2=l2)
-    await server.start()
-    try:
-        if ready_event is not None:
-            ready_event.set()
-        await asyncio.Event().wait()
-    finally:
-        await server.stop()
-
-
-async def _run_until_signalled(settings: Settings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+async def _run_until_signalled(settings: GatewaySettings) -> None:
+    stop = stop_event()
     server = GatewayServer(settings)
     await server.start()
     await stop.wait()
-    log.info("signal received: draining for up to %.0f s", settings.shutdown_grace_secs)
+    log.info("signal received: draining for up to %.0f s", settings.http.shutdown_grace_secs)
     await server.stop()
 
 
-def main(argv: list[str], settings: Settings) -> int:
+def main(argv: list[str], settings: GatewaySettings) -> int:
     parser = argparse.ArgumentParser(
         prog="reflex gateway", description="The Reflex HTTP gateway alone; configured by REFLEX_* variables."
     )

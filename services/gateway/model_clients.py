@@ -21,10 +21,10 @@ from types import MappingProxyType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from reflex.config import Settings
 from reflex.embedder.v1 import embedder_pb2, embedder_pb2_grpc
+from reflex.settings import ModelClientSettings
+from reflex.tiers import TierUnavailable
 from reflex.verifier.v1 import verifier_pb2, verifier_pb2_grpc
-from services.gateway.tiers import TierUnavailable
 
 log = logging.getLogger("reflex.gateway.models")
 
@@ -130,7 +130,7 @@ class GrpcEmbedder(_GrpcModelClient):
         self._stub = embedder_pb2_grpc.EmbedderServiceStub(self._channel)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, target: str | None = None,
+    def from_settings(cls, settings: ModelClientSettings, *, target: str | None = None,
                       on_timing: TimingCallback | None = None) -> "GrpcEmbedder":
         target = target or settings.embedder_url
         if not target:
@@ -159,7 +159,7 @@ class GrpcVerifier(_GrpcModelClient):
         self._stub = verifier_pb2_grpc.VerifierServiceStub(self._channel)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, target: str | None = None,
+    def from_settings(cls, settings: ModelClientSettings, *, target: str | None = None,
                       on_timing: TimingCallback | None = None) -> "GrpcVerifier":
         target = target or settings.verifier_url
         if not target:

@@ -12,9 +12,9 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from reflex.config import Settings
+from reflex.settings import GatewaySettings, L2Settings
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.tiers import Embedder, L2Candidate, L2Store, TierUnavailable, Verifier
+from reflex.tiers import Embedder, L2Candidate, L2Point, L2Scope, L2Store, TierUnavailable, Verifier
 
 log = logging.getLogger("reflex.gateway")
 
@@ -26,8 +26,9 @@ class LazyL2Store:
     """An ``L2Store`` that opens the real one (``services.gateway.l2.open_l2_store``) on
     first use, with the dimension of the first vector it sees or of a probe embedding."""
 
-    def __init__(self, settings: Settings, embedder: Embedder) -> None:
+    def __init__(self, settings: L2Settings, embedder: Embedder, *, probe_timeout_secs: float) -> None:
         self._settings = settings
+        self._probe_timeout = probe_timeout_secs
         self._embedder = embedder
         self._store: L2Store | None = None
         self._lock = asyncio.Lock()
@@ -38,7 +39,7 @@ class LazyL2Store:
         async with self._lock:
             if self._store is None:
                 if dimension is None:
-                    vectors = await self._embedder.embed([_PROBE_TEXT], timeout=self._settings.embedder_timeout_ms / 1000)
+                    vectors = await self._embedder.embed([_PROBE_TEXT], timeout=self._probe_timeout)
                     dimension = len(vectors[0])
                 from services.gateway.l2 import open_l2_store  # the L2 module pulls in qdrant
 
@@ -54,30 +55,14 @@ class LazyL2Store:
             log.warning("L2 not opened at start-up (%s); it opens on the first embedding", exc)
 
     async def search(
-        self, *, tenant: str, model: str, context_hash: str, vector: Sequence[float], top_k: int, min_similarity: float
+        self, scope: L2Scope, vector: Sequence[float], *, top_k: int, min_similarity: float
     ) -> list[L2Candidate]:
         store = await self._open(len(vector))
-        return await store.search(
-            tenant=tenant, model=model, context_hash=context_hash, vector=vector, top_k=top_k, min_similarity=min_similarity
-        )
+        return await store.search(scope, vector, top_k=top_k, min_similarity=min_similarity)
 
-    async def upsert(
-        self,
-        *,
-        entry_id: str,
-        tenant: str,
-        model: str,
-        context_hash: str,
-        question: str,
-        vector: Sequence[float],
-        entry: bytes,
-        ttl_secs: int,
-    ) -> None:
-        store = await self._open(len(vector))
-        await store.upsert(
-            entry_id=entry_id, tenant=tenant, model=model, context_hash=context_hash,
-            question=question, vector=vector, entry=entry, ttl_secs=ttl_secs,
-        )
+    async def upsert(self, point: L2Point) -> None:
+        store = await self._open(len(point.vector))
+        await store.upsert(point)
 
     async def check(self) -> None:
         store = await self._open(None)
@@ -89,7 +74,7 @@ class LazyL2Store:
 
 
 def grpc_clients(
-    settings: Settings, metrics: GatewayMetrics, *, embedder: bool, verifier: bool
+    settings: GatewaySettings, metrics: GatewayMetrics, *, embedder: bool, verifier: bool
 ) -> tuple[Embedder | None, Verifier | None]:
     """gRPC clients for the services named by REFLEX_EMBEDDER_URL / REFLEX_VERIFIER_URL
     (only those asked for: injected tiers are not duplicated)."""
@@ -100,6 +85,6 @@ def grpc_clients(
         metrics.model_server_seconds.labels(component, "tokenize").observe(timing.tokenize_s)
         metrics.model_server_seconds.labels(component, "inference").observe(timing.inference_s)
 
-    built_embedder = GrpcEmbedder.from_settings(settings, on_timing=on_timing) if embedder and settings.embedder_url else None
-    built_verifier = GrpcVerifier.from_settings(settings, on_timing=on_timing) if verifier and settings.verifier_url else None
+    built_embedder = GrpcEmbedder.from_settings(settings.models, on_timing=on_timing) if embedder and settings.models.embedder_url else None
+    built_verifier = GrpcVerifier.from_settings(settings.models, on_timing=on_timing) if verifier and settings.models.verifier_url else None
     return built_embedder, built_verifier

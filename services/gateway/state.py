@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from reflex.config import Settings
+from reflex.settings import GatewaySettings
 from services.gateway.cascade import Cascade, SemanticTiers
 from services.gateway.l1 import L1Cache
 from services.gateway.metrics import GatewayMetrics
@@ -25,7 +25,7 @@ log = logging.getLogger("reflex.gateway")
 
 @dataclass(eq=False)
 class GatewayState:
-    settings: Settings
+    settings: GatewaySettings
     cascade: Cascade
     upstream: Upstream
     metrics: GatewayMetrics
@@ -67,7 +67,6 @@ class GatewayState:
                 return
 
 
-SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 UPSTREAM = web.AppKey("upstream", Upstream)  # type: ignore[type-abstract]
 L1 = web.AppKey("l1", L1Cache)  # type: ignore[type-abstract]

@@ -20,7 +20,7 @@ import orjson
 from blake3 import blake3
 from multidict import CIMultiDict
 
-from reflex.config import Settings
+from reflex.settings import UpstreamSettings
 from services.gateway.errors import ErrorKind, GatewayError
 from services.gateway.streaming import replay_events
 
@@ -83,13 +83,13 @@ class Upstream(Protocol):
 class HttpUpstream:
     """One pooled ClientSession to the provider, bounded by ``upstream_max_connections``."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._base = settings.upstream_url
-        self._api_key = settings.upstream_api_key
+    def __init__(self, settings: UpstreamSettings) -> None:
+        self._base = settings.url
+        self._api_key = settings.api_key
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=settings.upstream_max_connections),
+            connector=aiohttp.TCPConnector(limit=settings.max_connections),
             timeout=aiohttp.ClientTimeout(
-                total=settings.upstream_timeout_secs, sock_connect=settings.upstream_connect_timeout_secs
+                total=settings.timeout_secs, sock_connect=settings.connect_timeout_secs
             ),
             # the provider's compressed bodies are decompressed here and re-sent plain, so a
             # cached entry never depends on the encoding one caller happened to accept
@@ -214,5 +214,5 @@ class MockUpstream:
         return None
 
 
-def open_upstream(settings: Settings) -> Upstream:
+def open_upstream(settings: UpstreamSettings) -> Upstream:
     return MockUpstream() if settings.mock_provider else HttpUpstream(settings)

@@ -17,9 +17,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import services.verifier
-from reflex.config import Settings
-from services.common.encoding import Encoding, PaddedRows, encodings_from
-from services.common.torch_runtime import Runtime, choose_runtime, local_model_dir, model_name
+from reflex.settings import ModelServiceSettings, ModelSettings
+from services.model_server.encoding import Encoding, PaddedRows, encodings_from
+from services.model_server.torch_runtime import Runtime, choose_runtime, local_model_dir, model_name
 
 log = logging.getLogger("reflex.verifier")
 
@@ -34,9 +34,9 @@ def default_model_path() -> Path:
     return Path(services.verifier.__file__).resolve().parent / "model"
 
 
-def resolve_model_path(settings: Settings) -> Path:
-    if settings.reranker_path is not None:
-        return local_model_dir(settings.reranker_path, what="verifier", setting="REFLEX_RERANKER_PATH")
+def resolve_model_path(settings: ModelSettings) -> Path:
+    if settings.verifier_path is not None:
+        return local_model_dir(settings.verifier_path, what="verifier", setting="REFLEX_RERANKER_PATH")
     shipped = default_model_path()
     if not (shipped / "config.json").is_file():
         raise FileNotFoundError(
@@ -48,9 +48,9 @@ def resolve_model_path(settings: Settings) -> Path:
 
 
 class CrossEncoderModel(PaddedRows):
-    """A ModelBackend (services.common.batching) for (query, candidate) -> probability."""
+    """A ModelBackend (services.model_server.batching) for (query, candidate) -> probability."""
 
-    def __init__(self, path: Path, settings: Settings, runtime: Runtime | None = None) -> None:
+    def __init__(self, path: Path, settings: ModelSettings, runtime: Runtime | None = None) -> None:
         self.path = path
         self.name = model_name(path)
         self.runtime = runtime or choose_runtime(settings)
@@ -86,5 +86,5 @@ class CrossEncoderModel(PaddedRows):
         return probs.cpu().numpy()
 
 
-def load_cross_encoder(settings: Settings) -> CrossEncoderModel:
-    return CrossEncoderModel(resolve_model_path(settings), settings)
+def load_cross_encoder(settings: ModelServiceSettings) -> CrossEncoderModel:
+    return CrossEncoderModel(resolve_model_path(settings.model), settings.model)

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from reflex.config import Settings
+from reflex.settings import RuleSettings
 
 # A fired rule multiplies the score by this. 0.25 takes any score below the thresholds a
 # cache would use (0.5 and up) while keeping the order of candidates, which the caller may log.
@@ -185,26 +185,25 @@ def antonyms_differ(query: str, candidate: str) -> bool:
 
 @dataclass(frozen=True)
 class Rule:
-    name: str
-    setting: str  # the Settings field that enables it
+    name: str  # also the RuleSettings field (REFLEX_RULE_<NAME>) that enables it
     fires: Callable[[str, str], bool]
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("numbers", "rule_numbers", numbers_differ),
-    Rule("negation", "rule_negation", negation_differs),
-    Rule("antonyms", "rule_antonyms", antonyms_differ),
-    Rule("entities", "rule_entities", entities_differ),
+    Rule("numbers", numbers_differ),
+    Rule("negation", negation_differs),
+    Rule("antonyms", antonyms_differ),
+    Rule("entities", entities_differ),
 )
 
 
-def enabled_rules(settings: Settings) -> list[str]:
-    return [r.name for r in RULES if getattr(settings, r.setting)]
+def enabled_rules(settings: RuleSettings) -> list[str]:
+    return [r.name for r in RULES if getattr(settings, r.name)]
 
 
-def apply_rules(query: str, candidates: Sequence[str], scores: Sequence[float], settings: Settings) -> list[float]:
+def apply_rules(query: str, candidates: Sequence[str], scores: Sequence[float], settings: RuleSettings) -> list[float]:
     """Return the scores after the enabled rules (each can only lower a score)."""
-    active = [r for r in RULES if getattr(settings, r.setting)]
+    active = [r for r in RULES if getattr(settings, r.name)]
     out: list[float] = []
     for candidate, score in zip(candidates, scores, strict=True):
         fired = sum(rule.fires(query, candidate) for rule in active)

@@ -1,7 +1,7 @@
 """``reflex serve`` as a user runs it: one process with the gateway, the real MiniLM embedder,
 the shipped verifier and an embedded Qdrant Edge shard, driven by the official ``openai`` SDK.
 
-The fake upstream is the only fake. These tests show the product's promise end to end: a
+The fake upstream is the only fake here. These tests show the product's promise end to end: a
 reworded question is served from cache only after the verifier says yes, the seed's traps
 are misses, and what was cached survives a restart (L2 is on disk; L1 is in-process).
 """
@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from reflex.config import Settings
+from reflex.settings import VerifierDecisionSettings
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.redis_server import free_port
 
@@ -49,7 +49,7 @@ class ServeProcess:
             env.pop(name, None)
         self._log_file = self.log.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from reflex.cli import main; sys.exit(main(['serve']))"],
+            [sys.executable, "-c", "import sys; from commands.cli import main; sys.exit(main(['serve']))"],
             cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 180
@@ -123,7 +123,7 @@ def test_paraphrase_is_a_verified_hit(serve: ServeProcess, upstream: FakeUpstrea
     status, headers, answer = serve.ask("How can I center a div using CSS?")
     assert status == "hit-l3-verified", headers
     assert answer == first  # raw format: the cached answer byte for byte
-    assert float(headers["x-reflex-verifier-score"]) >= Settings.model_fields["reranker_threshold"].default
+    assert float(headers["x-reflex-verifier-score"]) >= VerifierDecisionSettings.model_fields["threshold"].default
     assert 0.0 < float(headers["x-reflex-similarity"]) <= 1.0
     assert upstream.chat_count == calls  # answered from cache: no upstream call
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reflex.eval.data import FOW_CACHE, Pair, PairsError, load_pairs
+from commands.eval.data import FOW_CACHE, Pair, PairsError, load_pairs
 
 
 def write(path: Path, rows: list[object]) -> Path:

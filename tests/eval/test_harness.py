@@ -28,10 +28,10 @@ from typing import Any
 
 import pytest
 
-from reflex.config import Settings
-from reflex.eval.cli import main
+from reflex.settings import EvalSettings
+from commands.eval.cli import main
 from services.verifier.cross_encoder import default_model_path as shipped_verifier_path
-from tests.support.models import RunningServer, model_settings
+from tests.support.models import RunningServer
 
 REVERSE = "How do I reverse a list in Python?"
 CANCEL = "Cancel my subscription"
@@ -66,15 +66,20 @@ def pairs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def eval_settings(**overrides: Any) -> EvalSettings:
+    """Settings for ``reflex eval`` with its model services in process; two torch threads."""
+    return EvalSettings.build(**{"torch_threads": 2, **overrides})
+
+
 @pytest.fixture(scope="module")
-def served(embedder_server: RunningServer, verifier_server: RunningServer) -> Settings:
+def served(embedder_server: RunningServer, verifier_server: RunningServer) -> EvalSettings:
     """Settings pointing ``reflex eval`` at the session's model servers (no model load per run)."""
-    return model_settings(embedder_url=embedder_server.target, verifier_url=verifier_server.target)
+    return eval_settings(embedder_url=embedder_server.target, verifier_url=verifier_server.target)
 
 
 @pytest.fixture
 def run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
-    def run_eval(settings: Settings, *args: str) -> tuple[int, dict[str, Any] | str, str]:
+    def run_eval(settings: EvalSettings, *args: str) -> tuple[int, dict[str, Any] | str, str]:
         rc = main([*args, "--cache-dir", str(tmp_path / "embeddings")], settings)
         out, err = capsys.readouterr()
         if "--json" in args and rc == 0:
@@ -93,7 +98,7 @@ def check_sweep(result: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("verifier", ["service", "none"])
-def test_pairwise_known_answers(run: Any, served: Settings, pairs_file: Path, verifier: str) -> None:
+def test_pairwise_known_answers(run: Any, served: EvalSettings, pairs_file: Path, verifier: str) -> None:
     threshold = "0" if verifier == "service" else "0.9"
     rc, result, _ = run(served, "--pairs", str(pairs_file), "--mode", "pairwise", "--json",
                         "--verifier", verifier, "--threshold", threshold)
@@ -124,7 +129,7 @@ def test_pairwise_known_answers(run: Any, served: Settings, pairs_file: Path, ve
 
 
 @pytest.mark.parametrize("verifier", ["service", "none"])
-def test_cache_mode_counts_the_wrong_entry(run: Any, served: Settings, pairs_file: Path, verifier: str) -> None:
+def test_cache_mode_counts_the_wrong_entry(run: Any, served: EvalSettings, pairs_file: Path, verifier: str) -> None:
     threshold = "0" if verifier == "service" else "0.9"
     rc, result, _ = run(served, "--pairs", str(pairs_file), "--json", "--verifier", verifier, "--threshold", threshold)
     assert rc == 0
@@ -152,7 +157,7 @@ def test_cache_mode_counts_the_wrong_entry(run: Any, served: Settings, pairs_fil
     assert by_groups["threshold"] == result["threshold"] and by_groups["right_hits"] == result["right_hits"]
 
 
-def test_cache_mode_duplicate_groups_view(run: Any, served: Settings, tmp_path: Path) -> None:
+def test_cache_mode_duplicate_groups_view(run: Any, served: EvalSettings, tmp_path: Path) -> None:
     # Both pairs ask "Who is the author of Hamlet?"; the second stores it (up to a doubled
     # space), so the first pair is served the second's entry: wrong by the strict rule, right
     # by the labels (a1 ~ b ~ a2).
@@ -169,7 +174,7 @@ def test_cache_mode_duplicate_groups_view(run: Any, served: Settings, tmp_path: 
     assert by_groups["precision"] == 1.0 and result["precision"] == 0.5
 
 
-def test_the_threshold_for_a_target_false_hit_rate(run: Any, served: Settings, pairs_file: Path) -> None:
+def test_the_threshold_for_a_target_false_hit_rate(run: Any, served: EvalSettings, pairs_file: Path) -> None:
     rc, result, _ = run(served, "--pairs", str(pairs_file), "--json", "--verifier", "none",
                         "--target-fhr", "0", "--target-fhr", "0.25")
     assert rc == 0
@@ -182,7 +187,7 @@ def test_the_threshold_for_a_target_false_hit_rate(run: Any, served: Settings, p
     assert result["threshold"] == strict["threshold"] and result["threshold_source"] == "--target-fhr 0"
 
 
-def test_text_report_and_plot(run: Any, served: Settings, pairs_file: Path, tmp_path: Path) -> None:
+def test_text_report_and_plot(run: Any, served: EvalSettings, pairs_file: Path, tmp_path: Path) -> None:
     png = tmp_path / "sweep.png"
     rc, out, _ = run(served, "--pairs", str(pairs_file), "--plot", str(png), "--threshold", "0")
     assert rc == 0
@@ -194,7 +199,7 @@ def test_text_report_and_plot(run: Any, served: Settings, pairs_file: Path, tmp_
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
-def test_embeddings_are_cached_between_runs(run: Any, served: Settings, pairs_file: Path) -> None:
+def test_embeddings_are_cached_between_runs(run: Any, served: EvalSettings, pairs_file: Path) -> None:
     args = ("--pairs", str(pairs_file), "--json", "--verifier", "none", "--mode", "pairwise")
     _, first, _ = run(served, *args)
     _, second, _ = run(served, *args)
@@ -208,7 +213,7 @@ def test_embeddings_are_cached_between_runs(run: Any, served: Settings, pairs_fi
     not (shipped_verifier_path() / "config.json").is_file(),
     reason="needs the trained verifier (services/verifier/model)",
 )
-def test_shipped_verifier_says_yes_to_identical_questions(run: Any, served: Settings, pairs_file: Path) -> None:
+def test_shipped_verifier_says_yes_to_identical_questions(run: Any, served: EvalSettings, pairs_file: Path) -> None:
     # Pairwise, so identical questions go through the verifier rather than L1. At 0.5 ("more
     # likely the same than not"), not the configured threshold: the shipped model scores
     # identical questions 0.85-0.91, under the 0.92 default for some of them (see the report).
@@ -220,13 +225,13 @@ def test_shipped_verifier_says_yes_to_identical_questions(run: Any, served: Sett
 
 def test_default_starts_the_embedder_in_process(run: Any, pairs_file: Path) -> None:
     # No REFLEX_EMBEDDER_URL: the harness starts its own embedder on loopback, as a user's run would.
-    rc, result, _ = run(model_settings(), "--pairs", str(pairs_file), "--json", "--verifier", "none",
+    rc, result, _ = run(eval_settings(), "--pairs", str(pairs_file), "--json", "--verifier", "none",
                         "--threshold", "0.9", "--mode", "pairwise", "--no-embedding-cache")
     assert rc == 0 and result["duplicate_hits"] == 5 and result["models"]["embedder"]["dimension"] == 384
 
 
 def test_missing_file(run: Any, tmp_path: Path) -> None:
-    rc, out, err = run(model_settings(), "--pairs", str(tmp_path / "nope.jsonl"), "--json")
+    rc, out, err = run(eval_settings(), "--pairs", str(tmp_path / "nope.jsonl"), "--json")
     assert rc == 2 and out == ""
     assert "reflex eval:" in err and "nope.jsonl: no such file" in err
 
@@ -234,19 +239,19 @@ def test_missing_file(run: Any, tmp_path: Path) -> None:
 def test_malformed_line(run: Any, tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(PAIRS[0]) + "\n" + '{"a": "x", "b": "y"}\n')
-    rc, out, err = run(model_settings(), "--pairs", str(bad))
+    rc, out, err = run(eval_settings(), "--pairs", str(bad))
     assert rc == 2 and out == ""
     assert f"{bad}:2: 'duplicate' must be true or false" in err
 
 
 def test_unreachable_service_is_a_clear_error(run: Any, pairs_file: Path) -> None:
     # A port nothing listens on (port 1 needs root to bind, and nothing here serves gRPC on it).
-    rc, _, err = run(model_settings(embedder_url="127.0.0.1:1"), "--pairs", str(pairs_file), "--verifier", "none")
+    rc, _, err = run(eval_settings(embedder_url="127.0.0.1:1"), "--pairs", str(pairs_file), "--verifier", "none")
     assert rc == 1 and "embedder unavailable" in err
 
 
 @pytest.mark.parametrize("args", [["--threshold", "1.5"], ["--target-fhr", "-0.1"], ["--limit", "0"], ["--mode", "x"]])
 def test_bad_arguments(run: Any, pairs_file: Path, args: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        run(model_settings(), "--pairs", str(pairs_file), *args)
+        run(eval_settings(), "--pairs", str(pairs_file), *args)
     assert exit_info.value.code == 2

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reflex.eval.metrics import (
+from commands.eval.metrics import (
     NO_CANDIDATE,
     Scored,
     metrics_at,

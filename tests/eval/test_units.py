@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
-from reflex.eval import aio
-from reflex.eval.aio import map_bounded, retry_overloaded
-from reflex.eval.data import Pair
-from reflex.eval.modes import served_is_right
-from services.gateway.tiers import TierUnavailable
+from commands.eval import aio
+from commands.eval.aio import map_bounded, retry_overloaded
+from commands.eval.data import Pair
+from commands.eval.modes import served_is_right
+from reflex.tiers import TierUnavailable
 
 
 def test_served_is_right() -> None:
@@ -94,7 +94,7 @@ async def test_overload_is_retried_other_failures_are_not(monkeypatch: pytest.Mo
 def test_embedding_cache_round_trip_and_model_isolation(tmp_path) -> None:  # noqa: ANN001
     import numpy as np
 
-    from reflex.eval.embedding import EmbeddingCache
+    from commands.eval.embedding import EmbeddingCache
 
     path = tmp_path / "e.sqlite3"
     cache = EmbeddingCache(path, "minilm|384|float32|256")
@@ -113,7 +113,7 @@ def test_embedding_cache_round_trip_and_model_isolation(tmp_path) -> None:  # no
 
 
 def test_duplicate_groups_view() -> None:
-    from reflex.eval.modes import DuplicateGroups, served_is_right_by_groups
+    from commands.eval.modes import DuplicateGroups, served_is_right_by_groups
 
     pairs = [
         Pair("x", "y", True),

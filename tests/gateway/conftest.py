@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from reflex.config import Settings
+from reflex.settings import GatewaySettings
 from services.gateway.main import GatewayServer
 from services.gateway.state import STATE
 from tests.support.fake_upstream import FakeUpstream
@@ -73,7 +73,7 @@ def l1_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def gateway_settings(upstream: FakeUpstream, redis: RedisServer | None = None, **overrides: Any) -> Settings:
+def gateway_settings(upstream: FakeUpstream, redis: RedisServer | None = None, **overrides: Any) -> GatewaySettings:
     values: dict[str, Any] = {
         "upstream_url": upstream.url,
         "port": 0,
@@ -83,7 +83,7 @@ def gateway_settings(upstream: FakeUpstream, redis: RedisServer | None = None, *
         "upstream_timeout_secs": 30.0,
     }
     values.update(overrides)
-    return Settings(**values)
+    return GatewaySettings.build(**values)
 
 
 @pytest.fixture

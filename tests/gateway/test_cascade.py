@@ -23,13 +23,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from blake3 import blake3
 
-from reflex.config import Settings
+from reflex.settings import GatewaySettings
 from services.gateway.app import create_app
-from services.gateway.entry import CachedEntry
+from reflex.entry import CachedEntry
 from services.gateway.keys import RequestKeys, tenant_id
 from services.gateway.l2 import open_l2_store
 from services.gateway.state import STATE
-from services.gateway.tiers import L2Store, TierUnavailable
+from reflex.tiers import L2Point, L2Scope, L2Store, TierUnavailable
 from tests.gateway.conftest import RAW, gateway_settings
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.loop_thread import LoopThread
@@ -122,11 +122,11 @@ class ThreadBoundL2:
     async def _on_thread(self, coro: Any) -> Any:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._thread.loop))
 
-    async def search(self, **kwargs: Any) -> Any:
-        return await self._on_thread(self._store.search(**kwargs))
+    async def search(self, scope: L2Scope, vector: Sequence[float], *, top_k: int, min_similarity: float) -> Any:
+        return await self._on_thread(self._store.search(scope, vector, top_k=top_k, min_similarity=min_similarity))
 
-    async def upsert(self, **kwargs: Any) -> None:
-        await self._on_thread(self._store.upsert(**kwargs))
+    async def upsert(self, point: L2Point) -> None:
+        await self._on_thread(self._store.upsert(point))
 
     async def check(self) -> None:
         await self._on_thread(self._store.check())
@@ -138,8 +138,8 @@ class ThreadBoundL2:
 @pytest.fixture(scope="module")
 def shared_l2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadBoundL2]:
     thread = LoopThread("l2-store")
-    settings = Settings(storage_path=tmp_path_factory.mktemp("l2"), semantic=True)
-    store = thread.run(open_l2_store(settings, DIM))
+    settings = GatewaySettings.build(storage_path=tmp_path_factory.mktemp("l2"), semantic=True)
+    store = thread.run(open_l2_store(settings.l2, DIM))
     yield ThreadBoundL2(store, thread)
     thread.run(store.close())
     thread.close()

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from reflex.config import Settings
+from reflex.settings import GatewaySettings
 from services.gateway.app import create_app
 from services.gateway.main import GatewayServer
 from services.gateway.state import STATE
@@ -32,7 +32,7 @@ async def client(aiohttp_client: Any, fake_upstream: FakeUpstream) -> TestClient
     return await aiohttp_client(create_app(gateway_settings(fake_upstream, max_body_bytes=4096)))
 
 
-async def make_client(aiohttp_client: Any, settings: Settings) -> TestClient:
+async def make_client(aiohttp_client: Any, settings: GatewaySettings) -> TestClient:
     return await aiohttp_client(create_app(settings))
 
 

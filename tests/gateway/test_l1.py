@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from services.gateway.l1 import L1Cache, MemoryL1, RedisL1
-from services.gateway.tiers import TierUnavailable
+from reflex.tiers import TierUnavailable
 from tests.gateway.conftest import RunningGateway
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.redis_server import RedisServer

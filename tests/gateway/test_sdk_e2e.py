@@ -3,6 +3,8 @@ against a real gateway on a free port, over both L1 backends, with the fake upst
 
 from __future__ import annotations
 
+import re
+import time
 from typing import Any
 
 import openai
@@ -27,17 +29,49 @@ def ask(client: openai.OpenAI, *, stream: bool = False, messages: list[dict[str,
     return headers["x-reflex-status"], text, headers
 
 
+def lookup_seconds(gateway: RunningGateway) -> tuple[float, float]:
+    """(count, sum) of the gateway's own total-lookup timings (reflex_gateway_lookup_seconds)."""
+    registry = gateway.state.metrics.registry
+    labels = {"stage": "total"}
+    count = registry.get_sample_value("reflex_gateway_lookup_seconds_count", labels) or 0.0
+    total = registry.get_sample_value("reflex_gateway_lookup_seconds_sum", labels) or 0.0
+    return count, total
+
+
+def timed_ask(gateway: RunningGateway, client: openai.OpenAI) -> tuple[str, Any, dict[str, str], float, float]:
+    """ask(), plus the client's round trip and the lookup time the gateway measured, in ms."""
+    count, total = lookup_seconds(gateway)
+    started = time.perf_counter()
+    status, text, headers = ask(client)
+    round_trip_ms = (time.perf_counter() - started) * 1000
+    new_count, new_total = lookup_seconds(gateway)
+    assert new_count == count + 1  # one lookup per request
+    return status, text, headers, round_trip_ms, (new_total - total) * 1000
+
+
+def assert_lookup_ms(headers: dict[str, str], round_trip_ms: float, measured_ms: float) -> None:
+    """X-Reflex-Lookup-Ms is the lookup the gateway timed (and exported as a metric), in ms to the
+    microsecond: a real, non-zero duration within the request's round trip."""
+    lookup_ms = headers["x-reflex-lookup-ms"]
+    assert re.fullmatch(r"\d+\.\d{3}", lookup_ms), lookup_ms
+    assert float(lookup_ms) == pytest.approx(measured_ms, abs=0.0015)
+    assert 0 < float(lookup_ms) < round_trip_ms
+
+
 def test_miss_then_l1_hit_with_one_upstream_call_sync(gateway: RunningGateway, fake_upstream: FakeUpstream) -> None:
     client = gateway.sync_client()
-    status, first, headers = ask(client)
+    status, first, headers, round_trip_ms, measured_ms = timed_ask(gateway, client)
     assert status == "miss"
     assert first == "Answer #1 to: What is the capital of France?"
-    assert float(headers["x-reflex-lookup-ms"]) >= 0
+    assert_lookup_ms(headers, round_trip_ms, measured_ms)
     gateway.flush()
-    status, second, headers = ask(client)
+    status, second, headers, round_trip_ms, measured_ms = timed_ask(gateway, client)
     assert status == "hit-l1-exact"
     assert second == first  # the same call number: a replay, not a fresh answer
-    assert int(headers["x-reflex-tokens-saved"]) > 0
+    assert_lookup_ms(headers, round_trip_ms, measured_ms)
+    # The provider's usage of the cached call, which the hit did not pay again: the fake upstream
+    # bills 11 prompt tokens and one completion token per word of its answer.
+    assert int(headers["x-reflex-tokens-saved"]) == 11 + len(first.split()) == 20
     assert fake_upstream.chat_count == 1
 
 

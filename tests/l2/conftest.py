@@ -17,15 +17,15 @@ from typing import Any
 import pytest
 from qdrant_client import AsyncQdrantClient
 
-from reflex.config import Settings
+from reflex.settings import L2Settings
 from services.gateway.l2 import EdgeL2Store, RemoteL2Store
 from tests.l2.support import DIM, OpenStore
 
 BACKENDS = ["edge", "local", "server"]
 
 
-def server_settings() -> Settings:
-    return Settings.from_env()
+def server_settings() -> L2Settings:
+    return L2Settings()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -7,16 +7,17 @@ import asyncio
 import random
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from reflex.config import Settings
+from reflex.settings import L2Settings
+from reflex.tiers import L2Point, L2Scope, TierUnavailable
 from services.gateway.l2 import EdgeL2Store, open_l2_store
-from services.gateway.tiers import TierUnavailable
 from tests.l2.support import DIM, unit
 
-SCOPE = {"tenant": "t", "model": "m", "context_hash": "c"}
+SCOPE = L2Scope(tenant="t", model="m", context_hash="c")
 SLOW_OK = 30.0  # per-call deadline: generous, a busy CI machine must not fail these tests
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +28,7 @@ def random_vectors(n: int, seed: int = 5) -> list[list[float]]:
 
 
 async def test_open_l2_store_defaults_to_an_edge_shard_under_storage_path(tmp_path: Path) -> None:
-    settings = Settings(storage_path=tmp_path, qdrant_url=None, qdrant_collection="cache")
+    settings = L2Settings(storage_path=tmp_path, qdrant_url=None, collection="cache")
     store = await open_l2_store(settings, DIM)
     try:
         assert isinstance(store, EdgeL2Store)
@@ -49,12 +50,13 @@ async def test_writes_survive_a_crash_without_close(tmp_path: Path) -> None:
         f"""
         import asyncio, os
         from pathlib import Path
+        from reflex.tiers import L2Point, L2Scope
         from services.gateway.l2 import EdgeL2Store
 
         async def main():
             store = await EdgeL2Store.open(Path({str(shard)!r}), {DIM}, timeout_secs={SLOW_OK})
-            await store.upsert(entry_id="e" * 64, tenant="t", model="m", context_hash="c",
-                               question="crash?", vector={unit(0)!r}, entry=b"survived", ttl_secs=3600)
+            await store.upsert(L2Point(entry_id="e" * 64, scope={SCOPE!r}, question="crash?",
+                                       vector={unit(0)!r}, entry=b"survived", ttl_secs=3600))
             os._exit(0)
 
         asyncio.run(main())
@@ -65,7 +67,7 @@ async def test_writes_survive_a_crash_without_close(tmp_path: Path) -> None:
 
     store = await EdgeL2Store.open(shard, DIM, timeout_secs=SLOW_OK)
     try:
-        [hit] = await store.search(vector=unit(0), top_k=5, min_similarity=0.5, **SCOPE)
+        [hit] = await store.search(SCOPE, unit(0), top_k=5, min_similarity=0.5)
         assert (hit.entry_id, hit.question, hit.entry) == ("e" * 64, "crash?", b"survived")
     finally:
         await store.close()
@@ -79,8 +81,7 @@ async def test_indexed_and_quantized_segments_still_answer_exactly(tmp_path: Pat
     vectors = random_vectors(400)
     for n, v in enumerate(vectors):
         await store.upsert(
-            entry_id=f"{n:064d}", question=f"q{n}", vector=v, entry=f"e{n}".encode(), ttl_secs=3600,
-            **{**SCOPE, "tenant": f"t{n % 2}"},
+            L2Point(f"{n:064d}", replace(SCOPE, tenant=f"t{n % 2}"), f"q{n}", v, f"e{n}".encode(), ttl_secs=3600)
         )
     assert await store.indexed_vectors_count() == 0
     assert await store.optimize() is True
@@ -88,7 +89,7 @@ async def test_indexed_and_quantized_segments_still_answer_exactly(tmp_path: Pat
 
     async def check_all(s: EdgeL2Store) -> None:
         for n in range(0, 400, 9):
-            hits = await s.search(vector=vectors[n], top_k=3, min_similarity=0.0, **{**SCOPE, "tenant": f"t{n % 2}"})
+            hits = await s.search(replace(SCOPE, tenant=f"t{n % 2}"), vectors[n], top_k=3, min_similarity=0.0)
             assert hits[0].entry_id == f"{n:064d}"
             assert hits[0].similarity == pytest.approx(1.0, abs=1e-4)  # rescored: an exact cosine
             assert all(int(h.entry_id) % 2 == n % 2 for h in hits)
@@ -110,7 +111,7 @@ async def test_enough_writes_trigger_an_index_build(tmp_path: Path) -> None:
     )
     try:
         for n, v in enumerate(random_vectors(100)):
-            await store.upsert(entry_id=f"{n:064d}", question="q", vector=v, entry=b"e", ttl_secs=3600, **SCOPE)
+            await store.upsert(L2Point(f"{n:064d}", SCOPE, question="q", vector=v, entry=b"e", ttl_secs=3600))
         # The build runs behind the 100th write on the store's worker; a later call waits for it.
         assert await store.indexed_vectors_count() > 0
     finally:

@@ -8,9 +8,9 @@ import socket
 import pytest
 from qdrant_client import AsyncQdrantClient
 
-from reflex.config import Settings
+from reflex.settings import L2Settings
 from services.gateway.l2 import RemoteL2Store, open_l2_store
-from services.gateway.tiers import TierUnavailable
+from reflex.tiers import TierUnavailable
 from tests.l2.support import DIM
 
 
@@ -31,10 +31,10 @@ async def test_an_unreachable_server_is_reported_as_unavailable_at_open() -> Non
 
 
 async def test_open_l2_store_uses_the_server_when_its_url_is_set() -> None:
-    env = Settings.from_env()
+    env = L2Settings()
     if not env.qdrant_url:
         pytest.skip("REFLEX_QDRANT_URL is not set: no Qdrant server to test against")
-    settings = env.model_copy(update={"qdrant_collection": "reflex-test-open"})
+    settings = env.model_copy(update={"collection": "reflex-test-open"})
     store = await open_l2_store(settings, DIM)
     try:
         assert isinstance(store, RemoteL2Store)

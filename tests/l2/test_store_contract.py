@@ -4,19 +4,24 @@ shard, qdrant-client's local mode, and a real Qdrant server when REFLEX_QDRANT_U
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 import time
+import typing
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from reflex.tiers import L2Point, L2Scope, L2Store, TierUnavailable
 from services.gateway.l2 import EdgeL2Store, RemoteL2Store
-from services.gateway.tiers import L2Store, TierUnavailable
+from services.gateway.semantic import LazyL2Store
 from tests.l2.support import DIM, LOCAL_MODE_WARNINGS, OpenStore, unit
 
 pytestmark = LOCAL_MODE_WARNINGS
 
-SCOPE = {"tenant": "tenant-a", "model": "gpt-4o", "context_hash": "ctx-1"}
+SCOPE = L2Scope(tenant="tenant-a", model="gpt-4o", context_hash="ctx-1")
+PROTOCOL_METHODS = ("search", "upsert", "check", "close")
 ALL_BYTES = bytes(range(256)) * 3  # every byte value, so any text-encoding slip shows
 
 
@@ -25,24 +30,52 @@ def entry_id(n: int | str) -> str:
 
 
 async def put(store: Any, n: int | str, vector: list[float], *, ttl_secs: int = 3600, **scope: str) -> str:
+    """Store entry ``n`` in SCOPE, or in SCOPE with the fields given in ``scope`` changed."""
     eid = entry_id(n)
     await store.upsert(
-        entry_id=eid,
-        question=f"question {n}",
-        vector=vector,
-        entry=f"entry {n}".encode() + ALL_BYTES,
-        ttl_secs=ttl_secs,
-        **{**SCOPE, **scope},
+        L2Point(
+            entry_id=eid,
+            scope=replace(SCOPE, **scope),
+            question=f"question {n}",
+            vector=vector,
+            entry=f"entry {n}".encode() + ALL_BYTES,
+            ttl_secs=ttl_secs,
+        )
     )
     return eid
 
 
 async def find(store: Any, vector: list[float], *, top_k: int = 5, min_similarity: float = 0.0, **scope: str):
-    return await store.search(vector=vector, top_k=top_k, min_similarity=min_similarity, **{**SCOPE, **scope})
+    return await store.search(replace(SCOPE, **scope), vector, top_k=top_k, min_similarity=min_similarity)
 
 
-async def test_implements_the_protocol(store: Any) -> None:
-    assert isinstance(store, L2Store)
+def _contract(fn: Any) -> tuple[list[tuple[str, Any, Any, Any]], Any]:
+    """What a caller relies on in a method: each parameter's name, kind (positional or keyword),
+    default and resolved type, in order, and the resolved return type."""
+    hints = typing.get_type_hints(fn)
+    params = [
+        (p.name, p.kind, p.default, hints.get(p.name)) for p in inspect.signature(fn).parameters.values()
+    ]
+    return params, hints.get("return")
+
+
+def test_the_signature_check_covers_every_protocol_method() -> None:
+    assert [n for n, v in vars(L2Store).items() if inspect.isfunction(v) and not n.startswith("_")] == list(
+        PROTOCOL_METHODS
+    )
+
+
+@pytest.mark.parametrize("implementation", [EdgeL2Store, RemoteL2Store, LazyL2Store])
+@pytest.mark.parametrize("method", PROTOCOL_METHODS)
+def test_signatures_match_the_protocol(implementation: type, method: str) -> None:
+    # The Protocol is not runtime-checkable, and an isinstance check would only see the names
+    # anyway: compare what a caller of L2Store may pass (positionally or by name) and gets back.
+    expected, actual = getattr(L2Store, method), getattr(implementation, method)
+    assert inspect.iscoroutinefunction(actual), f"{implementation.__name__}.{method} is not async"
+    assert _contract(actual) == _contract(expected), (
+        f"{implementation.__name__}.{method}{inspect.signature(actual)} differs from "
+        f"L2Store.{method}{inspect.signature(expected)}"
+    )
 
 
 async def test_upsert_then_search_finds_it_with_exact_bytes(store: Any) -> None:
@@ -88,12 +121,8 @@ async def test_min_similarity_is_a_floor(store: Any) -> None:
 
 
 async def test_storing_the_same_entry_id_again_overwrites(store: Any) -> None:
-    await store.upsert(
-        entry_id=entry_id(7), question="old", vector=unit(0), entry=b"old", ttl_secs=3600, **SCOPE
-    )
-    await store.upsert(
-        entry_id=entry_id(7), question="new", vector=unit(40), entry=b"new", ttl_secs=3600, **SCOPE
-    )
+    await store.upsert(L2Point(entry_id(7), SCOPE, question="old", vector=unit(0), entry=b"old", ttl_secs=3600))
+    await store.upsert(L2Point(entry_id(7), SCOPE, question="new", vector=unit(40), entry=b"new", ttl_secs=3600))
     hits = await find(store, unit(0))
     assert [(h.entry_id, h.question, h.entry) for h in hits] == [(entry_id(7), "new", b"new")]
     assert hits[0].similarity == pytest.approx(0.76604, abs=1e-4)  # the new vector's cos 40

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from services.common.batching import DynamicBatcher
-from services.common.errors import InferenceFailed, InvalidInput, NotServing, Overloaded
-from services.common.metrics import ModelMetrics
+from services.model_server.batching import DynamicBatcher
+from services.model_server.errors import InferenceFailed, InvalidInput, NotServing, Overloaded
+from services.model_server.metrics import ModelMetrics
 
 
 @dataclass
@@ -179,6 +179,31 @@ async def test_tokenizer_failure_fails_its_batch_only(batcher: DynamicBatcher[st
     with pytest.raises(InferenceFailed):
         await batcher.submit(["untokenizable"])
     assert (await batcher.submit(["fine"]))[0] == ["FINE"]
+
+
+async def test_each_forward_pass_is_reported_and_a_raising_observer_is_survived(model: FakeModel) -> None:
+    seen: list[bool] = []
+
+    def observe(ok: bool) -> None:
+        seen.append(ok)
+        raise RuntimeError("observer bug")  # must not take the model stage down with it
+
+    b = make_batcher(model, on_forward_pass=observe)
+    await b.start()
+    try:
+        await b.submit(["ok"])
+        with pytest.raises(InferenceFailed):
+            await b.submit(["boom"])
+        with pytest.raises(InferenceFailed):
+            await b.submit(["untokenizable"])  # the tokenizer, not the model: no forward pass
+        model.wrong_row_count = True
+        with pytest.raises(InferenceFailed):
+            await b.submit(["x", "y"])  # the backend answered wrongly: a failed pass too
+        model.wrong_row_count = False
+        assert (await b.submit(["still running"]))[0] == ["STILL RUNNING"]
+        assert seen == [True, False, False, True]
+    finally:
+        await b.close()
 
 
 async def test_wrong_number_of_results_fails_the_batch(batcher: DynamicBatcher[str, str], model: FakeModel) -> None:

@@ -12,11 +12,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sentence_transformers import SentenceTransformer
 
 from reflex.embedder.v1 import embedder_pb2, embedder_pb2_grpc
+from reflex.tiers import TierUnavailable
 from services.embedder.main import start_embedder_server
 from services.embedder.model import EmbeddingModel
-from services.embedder.service import GRPC_SERVICE
+from services.embedder.service import EMBEDDER_SPEC, GRPC_SERVICE
 from services.gateway.model_clients import GrpcEmbedder, ServerTiming
-from services.gateway.tiers import TierUnavailable
+from services.model_server.grpc_server import start_model_server
 from tests.support.models import GatedBackend, RunningServer, cosine, model_settings
 
 TEXTS = [
@@ -181,8 +182,17 @@ async def test_health_not_serving_until_warm_then_serving_then_drains_on_stop(mi
 
 
 class BrokenForward(GatedBackend):
+    """Every forward pass raises while ``broken`` is set (as a faulted GPU would); clear it
+    and the real model answers again."""
+
+    def __init__(self, inner: EmbeddingModel, *, broken: bool = True) -> None:
+        super().__init__(inner)
+        self.broken = broken
+
     def forward(self, batch: object) -> object:
-        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        if self.broken:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return super().forward(batch)
 
 
 async def test_failed_warm_up_never_turns_serving(minilm_model: EmbeddingModel) -> None:
@@ -206,3 +216,109 @@ async def test_a_taken_port_is_an_error_not_a_shared_socket(embedder_server: Run
                                                            minilm_model: EmbeddingModel) -> None:
     with pytest.raises(OSError, match="cannot bind"):
         await start_embedder_server(model_settings(), embedder_server.port, load_backend=lambda _s: minilm_model)
+
+
+async def _wait_health(channel: grpc.aio.Channel, want: int, service: str = GRPC_SERVICE) -> int:
+    """Poll Check until it reports ``want`` (health is published by a task of the server's own,
+    a moment after the batch that decided it); return the last status seen."""
+    status = await _health(channel, service)
+    for _ in range(200):
+        if status == want:
+            break
+        await asyncio.sleep(0.05)
+        status = await _health(channel, service)
+    return status
+
+
+async def test_health_turns_not_serving_after_n_failed_forward_passes_and_back_after_a_success(
+    minilm_model: EmbeddingModel,
+) -> None:
+    n = 3
+    backend = BrokenForward(minilm_model, broken=False)
+    # No self-probe: only the caller's successful call below may bring it back.
+    server = await start_model_server(EMBEDDER_SPEC, model_settings(unhealthy_after_failures=n), 0,
+                                      load_backend=lambda _s: backend, recovery_probe_s=None)
+    # A plain channel (no client-side health checking), so calls reach the server whatever it reports.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
+        try:
+            assert await _health(channel) == health_pb2.HealthCheckResponse.SERVING
+            backend.broken = True
+            for attempt in range(1, n + 1):
+                if attempt == n:
+                    # n - 1 failures in a row are tolerated (checked before the n-th is sent).
+                    assert await _health(channel) == health_pb2.HealthCheckResponse.SERVING
+                    assert await _health(channel, "") == health_pb2.HealthCheckResponse.SERVING
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.Embed(embedder_pb2.EmbedRequest(texts=[f"attempt {attempt}"]), timeout=30)
+                assert err.value.code() == grpc.StatusCode.INTERNAL
+                assert "forward pass failed: RuntimeError" in (err.value.details() or "")
+            not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+            assert await _wait_health(channel, not_serving) == not_serving
+            assert await _wait_health(channel, not_serving, "") == not_serving  # what round_robin watches
+
+            backend.broken = False
+            reply = await stub.Embed(embedder_pb2.EmbedRequest(texts=["the model works again"]), timeout=30)
+            assert len(reply.vectors) == 1
+            serving = health_pb2.HealthCheckResponse.SERVING
+            assert await _wait_health(channel, serving) == serving
+            assert await _wait_health(channel, serving, "") == serving
+        finally:
+            backend.broken = False
+            await server.stop(0)
+
+
+async def test_a_failing_replica_gets_no_calls_and_probes_itself_back(minilm_model: EmbeddingModel) -> None:
+    backend = BrokenForward(minilm_model, broken=False)
+    server = await start_model_server(EMBEDDER_SPEC, model_settings(unhealthy_after_failures=1), 0,
+                                      load_backend=lambda _s: backend, recovery_probe_s=0.1)
+    target = f"127.0.0.1:{server.port}"
+    c = GrpcEmbedder(target)  # the gateway's client: round_robin with client-side health checking
+
+    def received() -> float:
+        return server.registry.get_sample_value("reflex_embedder_requests_total", {"method": "Embed"}) or 0.0
+
+    try:
+        assert len(await c.embed(["healthy"], timeout=30)) == 1
+        backend.broken = True
+        reasons = []
+        for _ in range(100):  # the client stops sending once its health watch sees NOT_SERVING
+            with pytest.raises(TierUnavailable) as err:
+                await c.embed(["broken"], timeout=30)
+            reasons.append(err.value.reason)
+            if err.value.reason == "unavailable":
+                break
+            await asyncio.sleep(0.05)
+        assert reasons[0] == "error" and reasons[-1] == "unavailable", reasons
+        before = received()
+        with pytest.raises(TierUnavailable):
+            await c.embed(["not even sent"], timeout=30)
+        assert received() == before  # refused on the client side: the replica never saw it
+
+        backend.broken = False  # nobody calls it now; its own probe must find out
+        async with grpc.aio.insecure_channel(target) as channel:
+            serving = health_pb2.HealthCheckResponse.SERVING
+            assert await _wait_health(channel, serving, "") == serving
+        for _ in range(100):  # and the client sends to it again once its watch sees SERVING
+            try:
+                assert len(await c.embed(["welcome back"], timeout=30)) == 1
+                break
+            except TierUnavailable:
+                await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the client never sent to the recovered replica again")
+    finally:
+        backend.broken = False
+        await c.close()
+        await server.stop(0)
+
+
+async def test_health_service_is_not_touched_by_the_error_interceptor(embedder_server: RunningServer) -> None:
+    async with grpc.aio.insecure_channel(embedder_server.target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _health(channel, "no.such.Service")
+        # The health servicer's own code, not INTERNAL from a wrapper; and probes are not RPCs.
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    methods = {s.labels["method"] for m in embedder_server.server.registry.collect()
+               if m.name == "reflex_embedder_requests" for s in m.samples}
+    assert methods <= {"Embed", "Info"}

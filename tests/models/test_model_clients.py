@@ -17,7 +17,7 @@ import pytest
 
 from services.embedder.model import EmbeddingModel
 from services.gateway.model_clients import GrpcEmbedder
-from services.gateway.tiers import TierUnavailable
+from reflex.tiers import TierUnavailable
 from tests.support.loop_thread import LoopThread
 from tests.support.models import RunningServer, model_settings, run_embedder
 
@@ -75,7 +75,7 @@ def free_port() -> int:
 def start_embedder_process(port: int, metrics_port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "REFLEX_GRPC_PORT": str(port), "REFLEX_METRICS_PORT": str(metrics_port),
            "REFLEX_TORCH_THREADS": "1", "REFLEX_LOG_LEVEL": "WARNING"}
-    return subprocess.Popen([sys.executable, "-m", "reflex.cli", "embedder"], cwd=REPO, env=env)
+    return subprocess.Popen([sys.executable, "-m", "commands.cli", "embedder"], cwd=REPO, env=env)
 
 
 async def wait_serving(client: GrpcEmbedder, proc: subprocess.Popen[bytes]) -> None:

@@ -10,8 +10,8 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from reflex.config import Settings
-from services.common.torch_runtime import available_cores, choose_runtime
+from reflex.settings import ModelServiceSettings, ModelSettings
+from services.model_server.torch_runtime import available_cores, choose_runtime
 from services.embedder.model import EmbeddingModel, default_model_path
 from tests.support.models import cosine, model_settings
 
@@ -47,7 +47,7 @@ def embed(model: EmbeddingModel, texts: list[str]) -> list:
 )
 def test_pooling_comes_from_the_model_directory(tmp_path: Path, modes: dict[str, bool]) -> None:
     path = copy_with_pooling(tmp_path / "model", **modes)
-    ours = EmbeddingModel(path, model_settings())
+    ours = EmbeddingModel(path, model_settings().model)
     reference = SentenceTransformer(str(path), device="cpu").encode(TEXTS)
     assert ours.dimension == reference.shape[1] == 384 * sum(modes.values())
     for got, want in zip(embed(ours, TEXTS), reference, strict=True):
@@ -61,16 +61,16 @@ def test_unsupported_modules_are_refused(tmp_path: Path) -> None:
     os.unlink(path / "modules.json")
     (path / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(ValueError, match="Dense"):
-        EmbeddingModel(path, model_settings())
+        EmbeddingModel(path, model_settings().model)
 
 
 def test_cpu_runtime_is_fp32_with_deliberate_threads() -> None:
     before = torch.get_num_threads()
     try:
-        runtime = choose_runtime(Settings(device="cpu", torch_threads=1))
+        runtime = choose_runtime(ModelSettings(device="cpu", torch_threads=1))
         assert (runtime.device.type, runtime.dtype, runtime.threads) == ("cpu", torch.float32, 1)
         assert torch.get_num_threads() == 1
-        default = choose_runtime(Settings(device="cpu"))
+        default = choose_runtime(ModelSettings(device="cpu"))
         assert default.threads == min(available_cores(), 8)
     finally:
         torch.set_num_threads(before)
@@ -79,11 +79,11 @@ def test_cpu_runtime_is_fp32_with_deliberate_threads() -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
 def test_asking_for_cuda_without_a_gpu_is_a_clear_error() -> None:
     with pytest.raises(RuntimeError, match="REFLEX_DEVICE"):
-        choose_runtime(Settings(device="cuda"))
+        choose_runtime(ModelSettings(device="cuda"))
 
 
 def test_model_path_must_be_a_local_model_directory(tmp_path: Path) -> None:
     from services.embedder.model import load_embedding_model
 
     with pytest.raises(FileNotFoundError, match="REFLEX_MODEL_PATH"):
-        load_embedding_model(Settings(model_path=tmp_path))  # exists, but holds no model
+        load_embedding_model(ModelServiceSettings.build(model_path=tmp_path))  # exists, but holds no model

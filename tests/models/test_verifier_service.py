@@ -12,10 +12,10 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from reflex.config import Settings
+from reflex.settings import ModelSettings
 from reflex.verifier.v1 import verifier_pb2, verifier_pb2_grpc
 from services.gateway.model_clients import GrpcVerifier
-from services.gateway.tiers import TierUnavailable
+from reflex.tiers import TierUnavailable
 from services.verifier import rules
 from services.verifier.cross_encoder import default_model_path, resolve_model_path
 from tests.support.loop_thread import LoopThread
@@ -82,7 +82,7 @@ async def test_two_label_heads_use_softmax_of_the_positive_class(model_loop: Loo
 async def test_info_reports_model_and_enabled_rules(tiny_verifier: RunningServer) -> None:
     async with grpc.aio.insecure_channel(tiny_verifier.target) as channel:
         info = await verifier_pb2_grpc.VerifierServiceStub(channel).Info(verifier_pb2.InfoRequest(), timeout=10)
-    assert list(info.rules) == rules.enabled_rules(tiny_verifier.server.settings)
+    assert list(info.rules) == rules.enabled_rules(tiny_verifier.server.settings.rules)
     assert info.model_name == tiny_verifier.server.backend.name
     assert info.max_tokens == 256 and info.device == "cpu"
 
@@ -98,12 +98,35 @@ async def test_bad_requests_are_invalid_argument(tiny_verifier: RunningServer, q
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_a_bug_is_internal_with_a_generic_message_and_a_logged_traceback(
+    tiny_verifier: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A rule that drops a score: the servicer raises RuntimeError, which no error class covers.
+    monkeypatch.setattr(rules, "apply_rules", lambda query, candidates, scores, settings: scores[:-1])
+    labels = {"reason": "internal"}
+    failures_before = tiny_verifier.metric("reflex_verifier_failures_total", labels)
+    calls_before = tiny_verifier.metric("reflex_verifier_requests_total", {"method": "Score"})
+    caplog.set_level("ERROR", logger="reflex.grpc")
+    async with grpc.aio.insecure_channel(tiny_verifier.target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await verifier_pb2_grpc.VerifierServiceStub(channel).Score(
+                verifier_pb2.ScoreRequest(query=QUERY, candidates=CANDIDATES[:2]), timeout=30
+            )
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert err.value.details() == "internal error (RuntimeError)"  # no internals in the reply
+    assert tiny_verifier.metric("reflex_verifier_failures_total", labels) == failures_before + 1
+    assert tiny_verifier.metric("reflex_verifier_requests_total", {"method": "Score"}) == calls_before + 1
+    logged = [r for r in caplog.records if r.name == "reflex.grpc" and r.getMessage() == "verifier.Score failed"]
+    assert logged and logged[0].exc_info is not None
+    assert "apply_rules returned 1 scores for 2 candidates" in str(logged[0].exc_info[1])
+
+
 def test_missing_model_fails_with_a_clear_message(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="REFLEX_RERANKER_PATH"):
-        resolve_model_path(Settings(reranker_path=tmp_path / "nowhere"))
+        resolve_model_path(ModelSettings(verifier_path=tmp_path / "nowhere"))
     if not (default_model_path() / "config.json").is_file():
         with pytest.raises(FileNotFoundError, match="reflex train-verifier"):
-            resolve_model_path(Settings(reranker_path=None))
+            resolve_model_path(ModelSettings(verifier_path=None))
 
 
 async def test_verifier_down_is_tier_unavailable(tiny_verifier: RunningServer) -> None:

@@ -1,4 +1,5 @@
-"""The fake upstream: a small OpenAI-compatible provider of ours, the only fake in the suite.
+"""The fake upstream: a small OpenAI-compatible provider of ours, the one fake of
+the product's surroundings (there is no internet here; see the README's "What the tests use").
 
 It counts and records calls, streams its answer word by word with a delay, and fails on
 demand. Each answer names its call number ("Answer #3 to: ..."), so a test can tell a

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import torch
 
-from reflex.config import Settings
-from services.common.grpc_server import ModelServer
+from reflex.settings import ModelServiceSettings
+from services.model_server.grpc_server import ModelServer
 from services.embedder.main import start_embedder_server
 from services.embedder.model import EmbeddingModel, default_model_path, load_embedding_model
 from services.verifier.cross_encoder import CrossEncoderModel, default_model_path as shipped_verifier_path
@@ -58,9 +58,9 @@ def build_tiny_cross_encoder(tmp_dir: Path, *, num_layers: int = 2, num_labels: 
     return tmp_dir
 
 
-def model_settings(**overrides: Any) -> Settings:
+def model_settings(**overrides: Any) -> ModelServiceSettings:
     """Settings for an in-process model server; small batches keep CPU use modest."""
-    return Settings(**{"torch_threads": 2, **overrides})
+    return ModelServiceSettings.build(**{"torch_threads": 2, **overrides})
 
 
 class GatedBackend:
@@ -117,13 +117,13 @@ class RunningServer:
         self.loop_thread.run(self.server.stop(grace))
 
 
-def run_embedder(loop_thread: LoopThread, settings: Settings, model: EmbeddingModel | None = None) -> RunningServer:
+def run_embedder(loop_thread: LoopThread, settings: ModelServiceSettings, model: EmbeddingModel | None = None) -> RunningServer:
     load = (lambda _settings: model) if model is not None else None
     server = loop_thread.run(start_embedder_server(settings, 0, load_backend=load), timeout=180)
     return RunningServer(server, loop_thread)
 
 
-def run_verifier(loop_thread: LoopThread, settings: Settings, model: CrossEncoderModel | None = None) -> RunningServer:
+def run_verifier(loop_thread: LoopThread, settings: ModelServiceSettings, model: CrossEncoderModel | None = None) -> RunningServer:
     load = (lambda _settings: model) if model is not None else None
     server = loop_thread.run(start_verifier_server(settings, 0, load_backend=load), timeout=180)
     return RunningServer(server, loop_thread)

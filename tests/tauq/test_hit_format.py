@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from reflex import tokens
-from reflex.config import ResponseFormat
+from reflex.settings import ResponseFormat
 from reflex.tauq import loads
 from services.gateway.hit_format import (
     QUESTION_CUT_MARK,
@@ -22,6 +22,7 @@ from services.gateway.hit_format import (
     REASON_TAUQ,
     format_hit,
 )
+from services.gateway.streaming import StreamAssembler, replay_events
 
 from .conftest import strict_equal
 
@@ -145,11 +146,10 @@ def test_a_long_question_is_shown_with_its_middle_cut_out() -> None:
 
 
 def test_streamed_tauq_hit_reassembles_to_the_same_document() -> None:
-    streaming = pytest.importorskip("services.gateway.streaming")
     raw = json.dumps({"users": RECORDS})
     served, _ = serve(completion(raw, usage=USAGE), stream=True)
-    events = b"".join(streaming.replay_events(served, include_usage=True))
-    assembler = streaming.StreamAssembler()
+    events = b"".join(replay_events(served, include_usage=True))
+    assembler = StreamAssembler()
     for start in range(0, len(events), 7):  # arbitrary network splits
         assembler.feed(events[start : start + 7])
     rebuilt = assembler.completion()

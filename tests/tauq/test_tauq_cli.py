@@ -17,7 +17,7 @@ from .conftest import REPO_ROOT, read_jsonl, strict_equal
 def reflex_command() -> list[str]:
     # The console script when the package is installed (make install), else the module.
     script = Path(sys.executable).with_name("reflex")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "reflex.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "commands.cli"]
 
 
 def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:

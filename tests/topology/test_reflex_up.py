@@ -91,7 +91,7 @@ def up(tmp_path_factory: pytest.TempPathFactory, redis_for_up: RedisServer) -> I
     layout_file, log_file = tmp / "layout.json", tmp / "reflex-up.log"
     with log_file.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "reflex.cli", "up", "--embedders", "2", "--verifiers", "1",
+            [sys.executable, "-m", "commands.cli", "up", "--embedders", "2", "--verifiers", "1",
              "--port", "0", "--layout-file", str(layout_file)],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
@@ -277,7 +277,7 @@ def test_a_replica_that_cannot_start_stops_everything(tmp_path: Path) -> None:
         "HF_HUB_OFFLINE": "1",
     }
     result = subprocess.run(
-        [sys.executable, "-m", "reflex.cli", "up", "--embedders", "1", "--verifiers", "1",
+        [sys.executable, "-m", "commands.cli", "up", "--embedders", "1", "--verifiers", "1",
          "--port", "0", "--layout-file", str(layout_file)],
         cwd=REPO, env=env, capture_output=True, timeout=STARTUP_TIMEOUT_S,
     )

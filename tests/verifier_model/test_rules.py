@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reflex.config import Settings
+from reflex.settings import RuleSettings
 from services.verifier.rules import (
     PENALTY,
     RULES,
@@ -19,8 +19,8 @@ from services.verifier.rules import (
     numbers_differ,
 )
 
-ALL_ON = Settings(**{r.setting: True for r in RULES})
-ALL_OFF = Settings(**{r.setting: False for r in RULES})
+ALL_ON = RuleSettings(**{r.name: True for r in RULES})
+ALL_OFF = RuleSettings(**{r.name: False for r in RULES})
 
 # (rule name, query, candidate that the rule must catch)
 CAUGHT = [
@@ -49,7 +49,7 @@ UNTOUCHED = [
 
 @pytest.mark.parametrize(("rule", "query", "candidate"), CAUGHT)
 def test_each_rule_lowers_what_it_targets_and_its_setting_turns_it_off(rule, query, candidate):
-    only_this = Settings(**{r.setting: r.name == rule for r in RULES})
+    only_this = RuleSettings(**{r.name: r.name == rule for r in RULES})
     assert apply_rules(query, [candidate], [0.9], only_this)[0] == pytest.approx(0.9 * PENALTY)
     assert apply_rules(query, [candidate], [0.9], ALL_OFF) == [0.9]
     # Symmetric: which side is the cached one does not matter.
@@ -70,7 +70,7 @@ def test_rules_act_per_candidate():
 def test_enabled_rules_follows_settings():
     assert enabled_rules(ALL_OFF) == []
     assert enabled_rules(ALL_ON) == [r.name for r in RULES]
-    only_negation = Settings(**{r.setting: r.name == "negation" for r in RULES})
+    only_negation = RuleSettings(**{r.name: r.name == "negation" for r in RULES})
     assert enabled_rules(only_negation) == ["negation"]
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from safetensors import safe_open
 
-from reflex.cli import main as reflex_main
+from commands.cli import main as reflex_main
 from services.verifier.training.data import questions, read_pairs, split_by_question
 
 
+@pytest.mark.slow  # model training, however short
 def test_train_verifier_writes_a_loadable_fp16_checkpoint(tmp_path: Path, monkeypatch, qqp_pairs):
     qqp = tmp_path / "qqp.jsonl"
     qqp.write_text("".join(json.dumps({"a": p.a, "b": p.b, "duplicate": p.duplicate}) + "\n" for p in qqp_pairs))

@@ -1,4 +1,4 @@
-"""L2: the vector store behind the semantic tier (see ``services/gateway/tiers.py::L2Store``).
+"""L2: the vector store behind the semantic tier (see ``reflex/tiers.py::L2Store``).
 
 Two backends, one interface, one test suite (``tests/l2/``):
 
@@ -16,15 +16,15 @@ from __future__ import annotations
 
 from qdrant_client import AsyncQdrantClient
 
-from reflex.config import Settings
+from reflex.settings import L2Settings
+from reflex.tiers import L2Store
 from services.gateway.l2.edge import EdgeL2Store
 from services.gateway.l2.remote import RemoteL2Store
-from services.gateway.tiers import L2Store
 
 __all__ = ["EdgeL2Store", "RemoteL2Store", "open_l2_store"]
 
 
-async def open_l2_store(settings: Settings, dimension: int) -> L2Store:
+async def open_l2_store(settings: L2Settings, dimension: int) -> L2Store:
     """Open the L2 store the settings name, for vectors of ``dimension`` (the embedder's Info).
 
     Raises TierUnavailable when the store cannot be opened (server unreachable, a shard or
@@ -32,7 +32,7 @@ async def open_l2_store(settings: Settings, dimension: int) -> L2Store:
     """
     if dimension <= 0:
         raise ValueError(f"dimension must be positive, got {dimension}")
-    timeout_secs = settings.l2_timeout_ms / 1000
+    timeout_secs = settings.timeout_ms / 1000
     if settings.qdrant_url:
         client = AsyncQdrantClient(
             url=settings.qdrant_url,
@@ -42,17 +42,17 @@ async def open_l2_store(settings: Settings, dimension: int) -> L2Store:
         )
         return await RemoteL2Store.open(
             client,
-            settings.qdrant_collection,
+            settings.collection,
             dimension,
-            oversampling=settings.l2_oversampling,
+            oversampling=settings.oversampling,
             timeout_secs=timeout_secs,
-            purge_interval_secs=settings.l2_purge_interval_secs,
+            purge_interval_secs=settings.purge_interval_secs,
         )
     return await EdgeL2Store.open(
-        settings.storage_path / settings.qdrant_collection,
+        settings.storage_path / settings.collection,
         dimension,
-        oversampling=settings.l2_oversampling,
+        oversampling=settings.oversampling,
         timeout_secs=timeout_secs,
-        purge_interval_secs=settings.l2_purge_interval_secs,
-        optimize_every_points=settings.l2_edge_optimize_points,
+        purge_interval_secs=settings.purge_interval_secs,
+        optimize_every_points=settings.edge_optimize_points,
     )

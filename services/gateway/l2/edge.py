@@ -29,8 +29,8 @@ from typing import TypeVar
 
 import qdrant_edge as qe
 
+from reflex.tiers import L2Candidate, L2Point, L2Scope, TierUnavailable
 from services.gateway.l2 import schema
-from services.gateway.tiers import L2Candidate, TierUnavailable
 
 log = logging.getLogger("reflex.gateway.l2.edge")
 
@@ -52,12 +52,10 @@ def _edge_config(dimension: int, *, indexing_threshold_kb: int | None) -> qe.Edg
     )
 
 
-def _filter(*, tenant: str, model: str, context_hash: str, now: float) -> qe.Filter:
+def _filter(scope: L2Scope, now: float) -> qe.Filter:
     return qe.Filter(
         must=[
-            qe.FieldCondition(schema.TENANT, match=qe.MatchValue(tenant)),
-            qe.FieldCondition(schema.MODEL, match=qe.MatchValue(model)),
-            qe.FieldCondition(schema.CONTEXT_HASH, match=qe.MatchValue(context_hash)),
+            *(qe.FieldCondition(key, match=qe.MatchValue(value)) for key, value in schema.scope_conditions(scope)),
             qe.FieldCondition(schema.EXPIRES_AT, range=qe.RangeFloat(gt=now)),
         ]
     )
@@ -141,19 +139,12 @@ class EdgeL2Store:
 
     # ------------------------------------------------------------------ L2Store
     async def search(
-        self,
-        *,
-        tenant: str,
-        model: str,
-        context_hash: str,
-        vector: Sequence[float],
-        top_k: int,
-        min_similarity: float,
+        self, scope: L2Scope, vector: Sequence[float], *, top_k: int, min_similarity: float
     ) -> list[L2Candidate]:
         request = qe.QueryRequest(
             limit=top_k,
             query=qe.Query.Nearest(schema.check_vector(vector, self.dimension)),
-            filter=_filter(tenant=tenant, model=model, context_hash=context_hash, now=time.time()),
+            filter=_filter(scope, time.time()),
             score_threshold=min_similarity,
             params=self._search_params,
             with_payload=qe.PayloadSelector.Include(schema.RETURNED_FIELDS),
@@ -162,33 +153,9 @@ class EdgeL2Store:
         points = await self._call(self._shard.query, request)
         return [schema.candidate(p.payload, p.score) for p in points]
 
-    async def upsert(
-        self,
-        *,
-        entry_id: str,
-        tenant: str,
-        model: str,
-        context_hash: str,
-        question: str,
-        vector: Sequence[float],
-        entry: bytes,
-        ttl_secs: int,
-    ) -> None:
-        schema.check_ttl(ttl_secs)
-        point = qe.Point(
-            schema.point_id(entry_id),
-            schema.check_vector(vector, self.dimension),
-            schema.build_payload(
-                entry_id=entry_id,
-                tenant=tenant,
-                model=model,
-                context_hash=context_hash,
-                question=question,
-                entry=entry,
-                expires_at=time.time() + ttl_secs,
-            ),
-        )
-        await self._call(self._shard.update, qe.UpdateOperation.upsert_points([point]))
+    async def upsert(self, point: L2Point) -> None:
+        stored = qe.Point(*schema.prepare(point, self.dimension))
+        await self._call(self._shard.update, qe.UpdateOperation.upsert_points([stored]))
         self._written_since_optimize += 1
         self._schedule_housekeeping()
 

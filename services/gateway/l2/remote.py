@@ -22,20 +22,21 @@ from qdrant_client import AsyncQdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from reflex.tiers import L2Candidate, L2Point, L2Scope, TierUnavailable
 from services.gateway.l2 import schema
-from services.gateway.tiers import L2Candidate, TierUnavailable
 
 log = logging.getLogger("reflex.gateway.l2.remote")
 
 T = TypeVar("T")
 
 
-def _filter(*, tenant: str, model: str, context_hash: str, now: float) -> qm.Filter:
+def _filter(scope: L2Scope, now: float) -> qm.Filter:
     return qm.Filter(
         must=[
-            qm.FieldCondition(key=schema.TENANT, match=qm.MatchValue(value=tenant)),
-            qm.FieldCondition(key=schema.MODEL, match=qm.MatchValue(value=model)),
-            qm.FieldCondition(key=schema.CONTEXT_HASH, match=qm.MatchValue(value=context_hash)),
+            *(
+                qm.FieldCondition(key=key, match=qm.MatchValue(value=value))
+                for key, value in schema.scope_conditions(scope)
+            ),
             qm.FieldCondition(key=schema.EXPIRES_AT, range=qm.Range(gt=now)),
         ]
     )
@@ -159,21 +160,14 @@ class RemoteL2Store:
 
     # ------------------------------------------------------------------ L2Store
     async def search(
-        self,
-        *,
-        tenant: str,
-        model: str,
-        context_hash: str,
-        vector: Sequence[float],
-        top_k: int,
-        min_similarity: float,
+        self, scope: L2Scope, vector: Sequence[float], *, top_k: int, min_similarity: float
     ) -> list[L2Candidate]:
         query = schema.check_vector(vector, self.dimension)
         response = await self._guard(
             self._client.query_points(
                 self._collection,
                 query=query,
-                query_filter=_filter(tenant=tenant, model=model, context_hash=context_hash, now=time.time()),
+                query_filter=_filter(scope, time.time()),
                 limit=top_k,
                 score_threshold=min_similarity,
                 search_params=self._search_params,
@@ -183,34 +177,11 @@ class RemoteL2Store:
         )
         return [schema.candidate(p.payload, p.score) for p in response.points]
 
-    async def upsert(
-        self,
-        *,
-        entry_id: str,
-        tenant: str,
-        model: str,
-        context_hash: str,
-        question: str,
-        vector: Sequence[float],
-        entry: bytes,
-        ttl_secs: int,
-    ) -> None:
-        schema.check_ttl(ttl_secs)
-        point = qm.PointStruct(
-            id=str(schema.point_id(entry_id)),
-            vector=schema.check_vector(vector, self.dimension),
-            payload=schema.build_payload(
-                entry_id=entry_id,
-                tenant=tenant,
-                model=model,
-                context_hash=context_hash,
-                question=question,
-                entry=entry,
-                expires_at=time.time() + ttl_secs,
-            ),
-        )
+    async def upsert(self, point: L2Point) -> None:
+        point_id, vector, payload = schema.prepare(point, self.dimension)
+        stored = qm.PointStruct(id=str(point_id), vector=vector, payload=payload)
         # wait=True: the server answers once the point is applied, so the next search sees it.
-        await self._guard(self._client.upsert(self._collection, points=[point], wait=True))
+        await self._guard(self._client.upsert(self._collection, points=[stored], wait=True))
         self._maybe_purge()
 
     async def check(self) -> None:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import base64
 import math
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import blake3
 
-from services.gateway.tiers import L2Candidate, TierUnavailable
+from reflex.tiers import L2Candidate, L2Point, L2Scope, TierUnavailable
 
 # Payload keys. The three keyword fields and expires_at are indexed: every search filters on all
 # four inside Qdrant, so a tenant never even scores another tenant's vectors.
@@ -45,25 +46,34 @@ def point_id(entry_id: str) -> uuid.UUID:
     return uuid.UUID(bytes=blake3.blake3(entry_id.encode()).digest(length=16))
 
 
-def build_payload(
-    *,
-    entry_id: str,
-    tenant: str,
-    model: str,
-    context_hash: str,
-    question: str,
-    entry: bytes,
-    expires_at: float,
-) -> dict[str, Any]:
+def scope_conditions(scope: L2Scope) -> tuple[tuple[str, str], ...]:
+    """The keyword field and value of each scope condition a search must match, in index order
+    (``KEYWORD_FIELDS``). Each backend wraps them in its own client's condition class."""
+    return ((TENANT, scope.tenant), (MODEL, scope.model), (CONTEXT_HASH, scope.context_hash))
+
+
+def build_payload(point: L2Point, *, expires_at: float) -> dict[str, Any]:
     return {
-        TENANT: tenant,
-        MODEL: model,
-        CONTEXT_HASH: context_hash,
+        **dict(scope_conditions(point.scope)),
         EXPIRES_AT: expires_at,
-        QUESTION: question,
-        ENTRY: base64.b64encode(entry).decode("ascii"),
-        ENTRY_ID: entry_id,
+        QUESTION: point.question,
+        ENTRY: base64.b64encode(point.entry).decode("ascii"),
+        ENTRY_ID: point.entry_id,
     }
+
+
+def prepare(point: L2Point, dimension: int) -> tuple[uuid.UUID, list[float], dict[str, Any]]:
+    """The id, vector and payload to store for ``point``, expiring ``point.ttl_secs`` from now.
+
+    Raises ValueError for a TTL that is not positive, TierUnavailable for a vector the store
+    cannot hold (see ``check_vector``).
+    """
+    check_ttl(point.ttl_secs)
+    return (
+        point_id(point.entry_id),
+        check_vector(point.vector, dimension),
+        build_payload(point, expires_at=time.time() + point.ttl_secs),
+    )
 
 
 def candidate(payload: Mapping[str, Any] | None, score: float) -> L2Candidate:

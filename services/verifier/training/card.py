@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from reflex.config import Settings
+from reflex.settings import RuleSettings
 from services.verifier.rules import RULES, apply_rules, enabled_rules
 from services.verifier.training.data import Pair
 from services.verifier.training.evaluate import (
@@ -43,7 +43,7 @@ def grid_threshold(scores: np.ndarray, labels: np.ndarray, target: float) -> flo
     return 1.0
 
 
-def _with_rules(pairs: list[Pair], scores: np.ndarray, settings: Settings) -> np.ndarray:
+def _with_rules(pairs: list[Pair], scores: np.ndarray, settings: RuleSettings) -> np.ndarray:
     return np.array([apply_rules(p.b, [p.a], [float(s)], settings)[0] for p, s in zip(pairs, scores, strict=True)])
 
 
@@ -65,17 +65,17 @@ def measure(model_dir: Path, validation: list[Pair], *, max_length: int, device:
     fow_raw = score([p.a for p in fow], [p.b for p in fow])
     score_secs = time.monotonic() - started
 
-    variants: dict[str, dict[str, bool]] = {"model alone": {r.setting: False for r in RULES}}
+    variants: dict[str, dict[str, bool]] = {"model alone": {r.name: False for r in RULES}}
     for rule in RULES:
-        variants[f"model + {rule.name} rule"] = {r.setting: r is rule for r in RULES}
-    variants["model + all rules"] = {r.setting: True for r in RULES}
-    defaults = Settings()
+        variants[f"model + {rule.name} rule"] = {r.name: r is rule for r in RULES}
+    variants["model + all rules"] = {r.name: True for r in RULES}
+    defaults = RuleSettings()
     variants["shipped default (model + " + (", ".join(enabled_rules(defaults)) or "no") + " rules)"] = {
-        r.setting: getattr(defaults, r.setting) for r in RULES
+        r.name: getattr(defaults, r.name) for r in RULES
     }
     table: dict[str, Any] = {}
     for name, flags in variants.items():
-        settings = Settings(**flags)
+        settings = RuleSettings(**flags)
         val_s, fow_s = _with_rules(validation, val_raw, settings), _with_rules(fow, fow_raw, settings)
         t = grid_threshold(val_s, val_labels, target_fhr)
         table[name] = {

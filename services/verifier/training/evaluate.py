@@ -1,6 +1,6 @@
 """Pairwise measurements used while training and for the model card.
 
-``reflex eval`` (reflex/eval/) measures the whole cache through the real services; this
+``reflex eval`` (commands/eval/) measures the whole cache through the real services; this
 module only scores pairs with a checkpoint directly, which is what picking a threshold and
 writing the model card need, and what the training command can do without any service
 running. Run ``python -m services.verifier.training.evaluate --help`` for the stand-alone form.

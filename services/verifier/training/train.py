@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reflex.config import Settings
+from reflex.settings import EvalSettings
 from services.verifier.training.card import TARGET_FALSE_HIT_RATE
 from services.verifier.training.data import (
     DEFAULT_QQP_PATH,
@@ -43,10 +43,10 @@ KEEP_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_c
               "vocab.txt")
 
 
-def _parser(settings: Settings) -> argparse.ArgumentParser:
+def _parser(settings: EvalSettings) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reflex train-verifier", description=__doc__.split("\n\n")[0])
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="checkpoint directory (default: %(default)s)")
-    p.add_argument("--qqp", type=Path, default=settings.qqp_path or DEFAULT_QQP_PATH,
+    p.add_argument("--qqp", type=Path, default=settings.training.qqp_path or DEFAULT_QQP_PATH,
                    help="QQP dev pairs, JSONL(.gz) (default: REFLEX_QQP_PATH or %(default)s)")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--epochs", type=float, default=1.0, help="passes over the training set (fractions allowed)")
@@ -65,10 +65,10 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--validation-fraction", type=float, default=0.1)
     p.add_argument("--write-validation", type=Path, default=None,
                    help="also write the QQP validation pairs (JSONL, .gz allowed) for `reflex eval --pairs`")
-    p.add_argument("--device", default=settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    p.add_argument("--device", default=settings.models.model.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # One thread by default: on a shared CPU a second thread spin-waits for the first at every op
     # (measured here: 2.35 vs 0.30 CPU-seconds per step under load). On an idle machine, 2 is faster.
-    p.add_argument("--threads", type=int, default=settings.torch_threads or 1, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=settings.models.model.torch_threads or 1, help="torch CPU threads")
     p.add_argument("--target-false-hit-rate", type=float, default=TARGET_FALSE_HIT_RATE,
                    help="the threshold recorded in the model card is the lowest reaching this on QQP validation")
     p.add_argument("--no-eval", action="store_true", help="skip the validation / fow-cache measurements and the card")
@@ -186,7 +186,7 @@ def save(model, tokenizer, output: Path) -> None:
     shutil.rmtree(tmp)
 
 
-def main(argv: list[str], settings: Settings) -> int:
+def main(argv: list[str], settings: EvalSettings) -> int:
     args = _parser(settings).parse_args(argv)
     if not args.qqp.exists():
         print(f"reflex train-verifier: QQP file not found: {args.qqp} (use --qqp or REFLEX_QQP_PATH)", file=sys.stderr)

@@ -32,7 +32,6 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,8 @@ import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from reflex.config import Settings
+from reflex.settings import ServeSettings
+from reflex.signals import stop_event
 
 log = logging.getLogger("reflex.up")
 
@@ -70,11 +70,11 @@ def grpc_target(ports: list[int]) -> str:
     return "ipv4:" + ",".join(f"{LOOPBACK}:{p}" for p in ports)
 
 
-def torch_threads_per_replica(settings: Settings, replicas: int) -> int:
+def torch_threads_per_replica(settings: ServeSettings, replicas: int) -> int:
     """Split the cores between the model processes: each torch would otherwise size its pool to
     every core, and N pools fighting over the same cores are slower than one."""
-    if settings.torch_threads is not None:
-        return settings.torch_threads
+    if settings.models.model.torch_threads is not None:
+        return settings.models.model.torch_threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // max(1, replicas))
 
@@ -108,7 +108,7 @@ class Child:
         # REFLEX_* ...); configuration is still read only by the child's own Settings.
         env = {**os.environ, **self.env}
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "reflex.cli", self.subcommand,
+            sys.executable, "-m", "commands.cli", self.subcommand,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -226,7 +226,7 @@ class Topology:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ServeSettings,
         *,
         embedders: int,
         verifiers: int,
@@ -249,12 +249,12 @@ class Topology:
             port=gateway_port,
             env={
                 "REFLEX_PORT": str(gateway_port),
-                "REFLEX_BIND_ADDR": settings.bind_addr,
+                "REFLEX_BIND_ADDR": settings.gateway.http.bind_addr,
                 "REFLEX_EMBEDDER_URL": grpc_target([r.port for r in self.embedders]),
                 "REFLEX_VERIFIER_URL": grpc_target([r.port for r in self.verifiers]),
             },
-            grace_s=settings.shutdown_grace_secs,
-            bind_addr=settings.bind_addr,
+            grace_s=settings.gateway.http.shutdown_grace_secs,
+            bind_addr=settings.gateway.http.bind_addr,
         )
         self._stopping = False
         self._supervisors: list[asyncio.Task[None]] = []
@@ -274,7 +274,7 @@ class Topology:
                 "REFLEX_METRICS_PORT": str(metrics_port),
                 "REFLEX_TORCH_THREADS": str(threads),
             },
-            grace_s=self.settings.shutdown_grace_secs_grpc,
+            grace_s=self.settings.models.grpc.shutdown_grace_secs,
         )
 
     @property
@@ -369,10 +369,9 @@ class Topology:
         log.info("reflex up: all processes stopped")
 
 
-async def run(topology: Topology, stop: asyncio.Event) -> int:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+async def run(topology: Topology, stop: asyncio.Event | None = None) -> int:
+    """Start the topology, then serve until ``stop`` is set (by default: SIGTERM or SIGINT)."""
+    stop = stop or stop_event()
     try:
         starting = asyncio.create_task(topology.start())
         stopping = asyncio.create_task(stop.wait())
@@ -401,7 +400,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
+def parse_args(argv: list[str], settings: ServeSettings) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="reflex up",
         description="Run the gateway, N embedder and M verifier replicas as separate processes on "
@@ -411,8 +410,8 @@ def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
     parser.add_argument("--embedders", type=_positive, default=2, help="embedder replicas (default 2)")
     parser.add_argument("--verifiers", type=_positive, default=1, help="verifier replicas (default 1)")
     parser.add_argument(
-        "--port", type=int, default=settings.port,
-        help=f"gateway HTTP port (default REFLEX_PORT, {settings.port}; 0 picks a free one)",
+        "--port", type=int, default=settings.gateway.http.port,
+        help=f"gateway HTTP port (default REFLEX_PORT, {settings.gateway.http.port}; 0 picks a free one)",
     )
     parser.add_argument(
         "--no-restart", dest="restart", action="store_false",
@@ -429,7 +428,7 @@ def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str], settings: Settings) -> int:
+def main(argv: list[str], settings: ServeSettings) -> int:
     args = parse_args(argv, settings)
     settings.log_effective(log)
     topology = Topology(
@@ -442,15 +441,4 @@ def main(argv: list[str], settings: Settings) -> int:
         layout_file=args.layout_file,
     )
 
-    async def _main() -> int:
-        return await run(topology, asyncio.Event())
-
-    return asyncio.run(_main())
-
-
-def read_layout(path: Path) -> Mapping[str, Any] | None:
-    """The layout a running ``reflex up --layout-file`` wrote, or None if there is none yet."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
+    return asyncio.run(run(topology))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from reflex.eval.metrics import Scored, metrics_at, per_category, sweep, sweep_grid, threshold_for_false_hit_rate
+from commands.eval.metrics import Scored, metrics_at, per_category, sweep, sweep_grid, threshold_for_false_hit_rate
 
 DEFINITIONS = (
     "hit rate = duplicates served a right answer / duplicates; "

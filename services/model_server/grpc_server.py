@@ -5,9 +5,18 @@ Order matters, for Kubernetes as much as for tests:
    answer UNAVAILABLE), so probes get an answer while the model loads;
 2. load the model on a worker thread, start the batcher, run one warm-up batch through it;
 3. only then turn SERVING;
-4. on stop (SIGTERM): ``enter_graceful_shutdown()`` (NOT_SERVING, so balancers stop sending),
+4. while serving, health follows the forward pass: after ``unhealthy_after_failures``
+   consecutive failed batches (a CUDA fault, say) NOT_SERVING, so round_robin clients that
+   check health stop sending calls; the next successful batch turns it SERVING again. Those
+   clients send nothing while it is NOT_SERVING, so the server probes itself with the warm-up
+   batch every ``recovery_probe_s`` to find out when it works again. Calls that still arrive
+   (clients without health checking, or every replica failing) are served as usual;
+5. on stop (SIGTERM): ``enter_graceful_shutdown()`` (NOT_SERVING, so balancers stop sending),
    ``server.stop(grace)`` (in-flight calls drain; the batcher keeps running meanwhile), then
    close the batcher.
+
+Errors become gRPC codes in one interceptor (services.model_server.interceptors), installed
+here when the server is built; servicers only raise.
 """
 
 from __future__ import annotations
@@ -15,8 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -24,18 +32,24 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
-from reflex.config import Settings
-from services.common.batching import DynamicBatcher, ModelBackend
-from services.common.errors import ModelServiceError, NotServing, reason_for, status_for
-from services.common.metrics import ModelMetrics
+from reflex.settings import ModelServiceSettings, ModelSettings
+from reflex.signals import stop_event
+from services.model_server.batching import DynamicBatcher, ModelBackend
+from services.model_server.errors import NotServing
+from services.model_server.interceptors import ErrorMappingInterceptor
+from services.model_server.metrics import ModelMetrics
 
 log = logging.getLogger("reflex.grpc")
 
 BackendT = TypeVar("BackendT", bound=ModelBackend[Any, Any])
-T = TypeVar("T")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+# While NOT_SERVING after failed forward passes, how often the server runs its warm-up batch
+# to see whether the model works again: one tiny batch per interval is negligible load, and a
+# replica back in service within seconds is what round_robin needs.
+RECOVERY_PROBE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -49,7 +63,7 @@ class ServiceSpec(Generic[BackendT]):
     # ModelServer it is given (the batcher only exists once the model is loaded).
     register: Callable[[grpc.aio.Server, "ModelServer[BackendT]"], None]
     # Blocking; runs on a worker thread.
-    load_backend: Callable[[Settings], BackendT]
+    load_backend: Callable[[ModelServiceSettings], BackendT]
     # Items of the warm-up batch, run through the real batcher before SERVING.
     warmup_items: Sequence[Any]
 
@@ -58,13 +72,16 @@ class ModelServer(Generic[BackendT]):
     def __init__(
         self,
         spec: ServiceSpec[BackendT],
-        settings: Settings,
+        settings: ModelServiceSettings,
         *,
-        load_backend: Callable[[Settings], BackendT] | None = None,
+        load_backend: Callable[[ModelServiceSettings], BackendT] | None = None,
+        recovery_probe_s: float | None = RECOVERY_PROBE_S,
     ) -> None:
+        """``recovery_probe_s``: seconds between self-probes while NOT_SERVING after failed
+        forward passes; None: no probes (only a client's call can turn it SERVING again)."""
         self.spec = spec
         self.settings = settings
-        self.metrics = ModelMetrics(spec.name, max_batch_size=settings.max_batch_size)
+        self.metrics = ModelMetrics(spec.name, max_batch_size=settings.batching.max_batch_size)
         self.health = health.aio.HealthServicer()
         self.backend: BackendT | None = None
         self.batcher: DynamicBatcher[Any, Any] | None = None
@@ -74,6 +91,12 @@ class ModelServer(Generic[BackendT]):
         self._ready: asyncio.Task[None] | None = None
         self._warm = False  # set once the warm-up batch succeeded, together with health SERVING
         self._stopped = False
+        # Health after warm-up follows the forward passes (see _forward_pass_done).
+        self._recovery_probe_s = recovery_probe_s
+        self._failed_in_a_row = 0
+        self._failing = False  # NOT_SERVING because of failed forward passes
+        self._failing_changed = asyncio.Event()
+        self._health_follower: asyncio.Task[None] | None = None
 
     @property
     def registry(self) -> Any:
@@ -88,10 +111,13 @@ class ModelServer(Generic[BackendT]):
         """Bind (port 0 picks a free one), serve health as NOT_SERVING, start loading. Returns the port."""
         # so_reuseport off: a second server on a taken port must fail to start, not silently
         # split the traffic with the first one.
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(
+            interceptors=[ErrorMappingInterceptor(self.spec.name, self.spec.grpc_service, self.metrics)],
+            options=[("grpc.so_reuseport", 0)],
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.spec.register(server, self)
-        address = f"{self.settings.grpc_bind_addr}:{port}"
+        address = f"{self.settings.grpc.bind_addr}:{port}"
         try:
             bound = server.add_insecure_port(address)
         except RuntimeError as exc:  # grpcio raises (older versions returned 0)
@@ -104,7 +130,7 @@ class ModelServer(Generic[BackendT]):
         self._server, self.port = server, bound
         self._ready = asyncio.create_task(self._load_and_warm(), name=f"{self.spec.name}-load")
         log.info("%s: listening on %s:%d (NOT_SERVING until the model is warm)", self.spec.name,
-                 self.settings.grpc_bind_addr, bound)
+                 self.settings.grpc.bind_addr, bound)
         return bound
 
     async def wait_ready(self) -> None:
@@ -117,7 +143,7 @@ class ModelServer(Generic[BackendT]):
         if self._stopped:
             return
         self._stopped = True
-        grace = self.settings.shutdown_grace_secs_grpc if grace is None else grace
+        grace = self.settings.grpc.shutdown_grace_secs if grace is None else grace
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
@@ -127,6 +153,14 @@ class ModelServer(Generic[BackendT]):
                 await self._ready
             except (asyncio.CancelledError, Exception):  # loading failed or was cut short: stopping anyway
                 log.debug("%s: load task ended while stopping", self.spec.name, exc_info=True)
+        # After the load task has ended: it is what starts the follower.
+        if self._health_follower is not None:
+            # Nothing left to publish (health is NOT_SERVING for good); stops a probe, too.
+            self._health_follower.cancel()
+            try:
+                await self._health_follower
+            except asyncio.CancelledError:
+                pass
         if self.batcher is not None:
             await self.batcher.close()
         log.info("%s: stopped", self.spec.name)
@@ -137,12 +171,13 @@ class ModelServer(Generic[BackendT]):
             backend = await asyncio.to_thread(self._load_backend, settings)
             batcher: DynamicBatcher[Any, Any] = DynamicBatcher(
                 backend,
-                max_batch_size=settings.max_batch_size,
-                max_wait_s=settings.max_batch_wait_ms / 1000.0,
-                max_batch_tokens=settings.max_batch_tokens,
-                max_queue=settings.max_queue,
+                max_batch_size=settings.batching.max_batch_size,
+                max_wait_s=settings.batching.max_batch_wait_ms / 1000.0,
+                max_batch_tokens=settings.batching.max_batch_tokens,
+                max_queue=settings.batching.max_queue,
                 metrics=self.metrics,
                 name=self.spec.name,
+                on_forward_pass=self._forward_pass_done,
             )
             await batcher.start()
             self.backend = backend
@@ -152,9 +187,66 @@ class ModelServer(Generic[BackendT]):
             log.exception("%s: loading or warming the model failed; staying NOT_SERVING", self.spec.name)
             raise
         self._warm = True
-        for service in ("", self.spec.grpc_service):
-            await self.health.set(service, SERVING)
+        await self._set_health(SERVING)
+        self._health_follower = asyncio.create_task(self._follow_forward_passes(),
+                                                    name=f"{self.spec.name}-health")
         log.info("%s: model loaded and warm, SERVING", self.spec.name)
+
+    async def _set_health(self, status: Any) -> None:
+        # "" too: client-side health checking (the gateway's healthCheckConfig) watches "".
+        for service in ("", self.spec.grpc_service):
+            await self.health.set(service, status)
+
+    # ------------------------------------------------------------------ health follows the model
+    def _forward_pass_done(self, ok: bool) -> None:
+        """The batcher's on_forward_pass: count failed batches in a row, flag the transitions.
+
+        Synchronous, on the event loop, inside the batcher's model stage; publishing is left to
+        _follow_forward_passes so a slow health watcher can never hold up the next batch.
+        """
+        if not self._warm or self._stopped:
+            return  # the warm-up decides SERVING on its own; a stopping server stays NOT_SERVING
+        if ok:
+            self._failed_in_a_row = 0
+            if self._failing:
+                self._failing = False
+                self._failing_changed.set()
+                log.warning("%s: a forward pass succeeded again, SERVING", self.spec.name)
+            return
+        self._failed_in_a_row += 1
+        limit = self.settings.grpc.unhealthy_after_failures
+        if not self._failing and self._failed_in_a_row >= limit:
+            self._failing = True
+            self._failing_changed.set()
+            log.error("%s: %d forward passes failed in a row, NOT_SERVING until one succeeds",
+                      self.spec.name, self._failed_in_a_row)
+
+    async def _follow_forward_passes(self) -> None:
+        """Publish each flip of ``_failing`` to grpc.health.v1; probe while failing."""
+        published_failing = False
+        while True:
+            if self._failing and self._recovery_probe_s is not None:
+                try:
+                    await asyncio.wait_for(self._failing_changed.wait(), self._recovery_probe_s)
+                except TimeoutError:
+                    await self._probe()
+                    continue
+            else:
+                await self._failing_changed.wait()
+            self._failing_changed.clear()
+            failing = self._failing
+            if failing != published_failing:
+                await self._set_health(NOT_SERVING if failing else SERVING)
+                published_failing = failing
+
+    async def _probe(self) -> None:
+        # Clients that check health send nothing to a NOT_SERVING replica, so without this a
+        # replica whose model works again would never see the success that brings it back.
+        assert self.batcher is not None
+        try:
+            await self.batcher.submit(list(self.spec.warmup_items))
+        except Exception as exc:  # already logged and counted by the batcher
+            log.debug("%s: recovery probe failed: %s", self.spec.name, exc)
 
     # ------------------------------------------------------------------ for servicers
     def require_batcher(self) -> DynamicBatcher[Any, Any]:
@@ -167,37 +259,19 @@ class ModelServer(Generic[BackendT]):
             raise NotServing(f"{self.spec.name} model is not loaded yet")
         return self.backend
 
-    async def handle(self, method: str, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
-        """Run one RPC body; map failures through the error table (services.common.errors)."""
-        self.metrics.requests.labels(method).inc()
-        try:
-            return await call()
-        except ModelServiceError as exc:
-            self.metrics.failures.labels(reason_for(exc)).inc()
-            code, message = status_for(exc), str(exc)
-        except Exception as exc:  # a bug: INTERNAL, with the traceback in our log, not in the reply
-            log.exception("%s.%s failed", self.spec.name, method)
-            self.metrics.failures.labels(reason_for(exc)).inc()
-            code, message = status_for(exc), f"internal error ({type(exc).__name__})"
-        await context.abort(code, message)
-        raise AssertionError("context.abort returned")  # abort always raises
 
-
-async def run_until_signalled(spec: ServiceSpec[Any], settings: Settings) -> int:
+async def run_until_signalled(spec: ServiceSpec[Any], settings: ModelServiceSettings) -> int:
     """`reflex embedder` / `reflex verifier`: serve until SIGTERM or SIGINT, then drain and exit."""
     server: ModelServer[Any] = ModelServer(spec, settings)
-    port = settings.grpc_port if settings.grpc_port is not None else spec.default_port
+    port = settings.grpc.port if settings.grpc.port is not None else spec.default_port
     await server.start(port)
     metrics_http = None
-    if settings.metrics_port is not None:
-        metrics_http, _ = start_http_server(settings.metrics_port, addr=settings.grpc_bind_addr,
+    if settings.grpc.metrics_port is not None:
+        metrics_http, _ = start_http_server(settings.grpc.metrics_port, addr=settings.grpc.bind_addr,
                                             registry=server.registry)
-        log.info("%s: metrics on http://%s:%d/metrics", spec.name, settings.grpc_bind_addr,
+        log.info("%s: metrics on http://%s:%d/metrics", spec.name, settings.grpc.bind_addr,
                  metrics_http.server_port)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     stop_wait = asyncio.create_task(stop.wait())
     ready = asyncio.create_task(server.wait_ready())
     exit_code = 0
@@ -207,7 +281,7 @@ async def run_until_signalled(spec: ServiceSpec[Any], settings: Settings) -> int
             exit_code = 1  # the model did not load: exit so the orchestrator restarts / reports us
         else:
             await stop_wait
-            log.info("%s: signal received, draining for up to %.1fs", spec.name, settings.shutdown_grace_secs_grpc)
+            log.info("%s: signal received, draining for up to %.1fs", spec.name, settings.grpc.shutdown_grace_secs)
     finally:
         for task in (stop_wait, ready):
             task.cancel()
@@ -219,19 +293,20 @@ async def run_until_signalled(spec: ServiceSpec[Any], settings: Settings) -> int
 
 async def start_model_server(
     spec: ServiceSpec[BackendT],
-    settings: Settings,
+    settings: ModelServiceSettings,
     port: int = 0,
     *,
     wait_ready: bool = True,
-    load_backend: Callable[[Settings], BackendT] | None = None,
+    load_backend: Callable[[ModelServiceSettings], BackendT] | None = None,
+    recovery_probe_s: float | None = RECOVERY_PROBE_S,
 ) -> ModelServer[BackendT]:
     """Start a model service on the running loop; the handle has ``.port`` and ``.stop(grace)``.
 
     ``wait_ready=False`` returns as soon as the port is bound (health NOT_SERVING while the
     model loads); ``load_backend`` replaces the model loader (e.g. to share one loaded model
-    between replicas in a test).
+    between replicas in a test); ``recovery_probe_s`` as in ModelServer.
     """
-    server = ModelServer(spec, settings, load_backend=load_backend)
+    server = ModelServer(spec, settings, load_backend=load_backend, recovery_probe_s=recovery_probe_s)
     await server.start(port)
     if wait_ready:
         try:
@@ -244,17 +319,17 @@ async def start_model_server(
 
 def run_model_service_cli(
     spec: ServiceSpec[Any],
-    settings: Settings,
+    settings: ModelServiceSettings,
     argv: list[str],
     *,
     description: str,
-    resolve_model_path: Callable[[Settings], Any],
+    resolve_model_path: Callable[[ModelSettings], Any],
 ) -> int:
     """`reflex embedder` / `reflex verifier`: parse (no options), check the model, serve."""
     argparse.ArgumentParser(prog=f"reflex {spec.name}", description=description).parse_args(argv)
     settings.log_effective()
     try:
-        resolve_model_path(settings)  # a missing model is a one-line error, before any port is bound
+        resolve_model_path(settings.model)  # a missing model is a one-line error, before any port is bound
     except FileNotFoundError as exc:
         log.error("%s", exc)
         return 2

@@ -17,56 +17,53 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 from typing import Any
 
-from reflex.config import Settings
+from reflex.settings import GatewaySettings, ServeSettings
+from reflex.signals import stop_event
 
 log = logging.getLogger("reflex.serve")
 
 
-async def run(settings: Settings, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
+async def run(settings: ServeSettings, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
     """Serve until ``stop`` is set (or SIGINT/SIGTERM when ``stop`` is None)."""
     from services.gateway.main import GatewayServer
 
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-
+    stop = stop or stop_event()
     async with contextlib.AsyncExitStack() as stack:
-        if settings.semantic:
-            settings = await _start_model_services(settings, stack)
+        gateway_settings = settings.gateway
+        if gateway_settings.cache.semantic:
+            gateway_settings = await _start_model_services(settings, stack)
         # The gateway builds its gRPC clients (with their timing metrics) and opens L2 for the
         # embedder's dimension exactly as it does in Kubernetes.
-        gateway = GatewayServer(settings)
+        gateway = GatewayServer(gateway_settings)
         await gateway.start()
         stack.push_async_callback(gateway.stop)  # LIFO: the gateway drains before the models stop
-        base = f"http://{settings.bind_addr}:{gateway.port}/v1"
+        base = f"http://{gateway_settings.http.bind_addr}:{gateway.port}/v1"
         log.info(
             "Reflex is serving: point your agent at OPENAI_BASE_URL=%s (upstream %s%s)",
             base,
-            settings.upstream_url,
-            ", mock provider" if settings.mock_provider else "",
+            gateway_settings.upstream.url,
+            ", mock provider" if gateway_settings.upstream.mock_provider else "",
         )
         if ready is not None:
             ready.set()
         await stop.wait()
-        log.info("stopping: draining in-flight requests for up to %.0f s", settings.shutdown_grace_secs)
+        log.info("stopping: draining in-flight requests for up to %.0f s", gateway_settings.http.shutdown_grace_secs)
 
 
-async def _start_model_services(settings: Settings, stack: contextlib.AsyncExitStack) -> Settings:
-    """Start in this process each model service not given by URL; return settings naming them."""
+async def _start_model_services(settings: ServeSettings, stack: contextlib.AsyncExitStack) -> GatewaySettings:
+    """Start in this process each model service not given by URL; return gateway settings naming them."""
     from services.embedder.main import start_embedder_server
     from services.verifier.main import start_verifier_server
 
+    clients = settings.gateway.models
     # The two models load concurrently (each on its own worker thread).
     starts: dict[str, Any] = {}
-    if not settings.embedder_url:
-        starts["embedder_url"] = start_embedder_server(settings, 0)
-    if not settings.verifier_url:
-        starts["verifier_url"] = start_verifier_server(settings, 0)
+    if not clients.embedder_url:
+        starts["embedder_url"] = start_embedder_server(settings.models, 0)
+    if not clients.verifier_url:
+        starts["verifier_url"] = start_verifier_server(settings.models, 0)
     results = await asyncio.gather(*starts.values(), return_exceptions=True)
     servers = dict(zip(starts, results, strict=True))
     for server in servers.values():
@@ -77,11 +74,12 @@ async def _start_model_services(settings: Settings, stack: contextlib.AsyncExitS
             service = name.removesuffix("_url")
             raise SystemExit(f"reflex serve: the {service} could not start: {server}") from server
     # A wildcard bind is reachable on loopback; connect there rather than to 0.0.0.0.
-    host = "127.0.0.1" if settings.grpc_bind_addr in ("0.0.0.0", "::", "[::]") else settings.grpc_bind_addr
-    return settings.model_copy(update={name: f"{host}:{server.port}" for name, server in servers.items()})
+    bind = settings.models.grpc.bind_addr
+    host = "127.0.0.1" if bind in ("0.0.0.0", "::", "[::]") else bind
+    return settings.gateway.replace(**{name: f"{host}:{server.port}" for name, server in servers.items()})
 
 
-def main(argv: list[str], settings: Settings) -> int:
+def main(argv: list[str], settings: ServeSettings) -> int:
     argparse.ArgumentParser(
         prog="reflex serve",
         description="Gateway, embedder and verifier on one machine (REFLEX_* variables configure it; "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reflex.eval.metrics import Metrics, Scored, sweep
+from commands.eval.metrics import Metrics, Scored, sweep
 
 # Enough points for a smooth trade-off curve, few enough to draw instantly for 56k pairs.
 _CURVE_POINTS = 1000

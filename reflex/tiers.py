@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 
 class TierUnavailable(Exception):
@@ -28,7 +28,6 @@ class TierUnavailable(Exception):
         self.reason = reason  # short, low-cardinality: "timeout", "overloaded", "unavailable", "error"
 
 
-@runtime_checkable
 class Embedder(Protocol):
     async def embed(self, texts: Sequence[str], *, timeout: float) -> list[list[float]]:
         """Unit-length vectors, one per text, in order. Raises TierUnavailable."""
@@ -39,7 +38,6 @@ class Embedder(Protocol):
     async def close(self) -> None: ...
 
 
-@runtime_checkable
 class Verifier(Protocol):
     async def score(self, query: str, candidates: Sequence[str], *, timeout: float) -> list[float]:
         """One probability in [0, 1] per candidate, in order, from a single call. Raises TierUnavailable."""
@@ -50,6 +48,29 @@ class Verifier(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class L2Scope:
+    """The entries one lookup may see: one tenant, one model, one context (everything but the
+    question). Every search is filtered on all three inside the store, so a tenant never even
+    scores another tenant's vectors, and an answer is never served into another context."""
+
+    tenant: str
+    model: str
+    context_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class L2Point:
+    """One cached answer as L2 stores it."""
+
+    entry_id: str  # the L1 key (hex) of the entry: storing the same request again overwrites it
+    scope: L2Scope
+    question: str  # the text that was embedded: what a later question is compared with
+    vector: Sequence[float]
+    entry: bytes  # the serialized CachedEntry, so a hit costs one round trip
+    ttl_secs: int
+
+
+@dataclass(frozen=True, slots=True)
 class L2Candidate:
     entry_id: str  # the L1 key (hex) of the entry that stored it
     question: str  # the last user message text the cached answer was produced for
@@ -57,33 +78,14 @@ class L2Candidate:
     entry: bytes  # the serialized CachedEntry, so a hit costs one round trip
 
 
-@runtime_checkable
 class L2Store(Protocol):
     async def search(
-        self,
-        *,
-        tenant: str,
-        model: str,
-        context_hash: str,
-        vector: Sequence[float],
-        top_k: int,
-        min_similarity: float,
+        self, scope: L2Scope, vector: Sequence[float], *, top_k: int, min_similarity: float
     ) -> list[L2Candidate]:
-        """Nearest entries of this tenant, model and context (filtered inside Qdrant, never in
-        Python), unexpired, with similarity >= min_similarity, best first. Raises TierUnavailable."""
+        """Nearest live entries of ``scope`` (filtered inside Qdrant, never in Python), with
+        similarity >= min_similarity, best first. Raises TierUnavailable."""
 
-    async def upsert(
-        self,
-        *,
-        entry_id: str,
-        tenant: str,
-        model: str,
-        context_hash: str,
-        question: str,
-        vector: Sequence[float],
-        entry: bytes,
-        ttl_secs: int,
-    ) -> None:
+    async def upsert(self, point: L2Point) -> None:
         """Write (or overwrite) one entry; visible to the next search once this returns."""
 
     async def check(self) -> None:

@@ -20,8 +20,8 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from reflex.config import Settings
-from services.gateway.tiers import Embedder, L2Store, TierUnavailable, Verifier
+from reflex.settings import EvalSettings
+from reflex.tiers import Embedder, L2Store, TierUnavailable, Verifier
 
 
 @dataclass(slots=True)
@@ -58,9 +58,9 @@ async def _info(target: str, service: str) -> dict[str, Any]:
     return MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
 
-async def _service_target(stack: AsyncExitStack, settings: Settings, service: str) -> str:
+async def _service_target(stack: AsyncExitStack, settings: EvalSettings, service: str) -> str:
     """A gRPC target for ``service``: the configured URL, or a server started here."""
-    url = settings.embedder_url if service == "embedder" else settings.verifier_url
+    url = settings.clients.embedder_url if service == "embedder" else settings.clients.verifier_url
     if url:
         return url
     if service == "embedder":
@@ -69,7 +69,7 @@ async def _service_target(stack: AsyncExitStack, settings: Settings, service: st
         from services.verifier.main import start_verifier_server as start  # type: ignore[no-redef]
     # Loopback and port 0: nothing outside this process can reach the eval's servers, and
     # two evals (or an eval beside `reflex serve`) never fight over a port.
-    local = settings.model_copy(update={"grpc_bind_addr": "127.0.0.1"})
+    local = settings.models.replace(grpc_bind_addr="127.0.0.1")
     try:
         server = await start(local, port=0)
     except (OSError, ValueError) as exc:
@@ -82,7 +82,7 @@ async def _service_target(stack: AsyncExitStack, settings: Settings, service: st
 
 @asynccontextmanager
 async def open_tiers(
-    settings: Settings, *, verifier: bool, l2: bool, call_timeout_secs: float
+    settings: EvalSettings, *, verifier: bool, l2: bool, call_timeout_secs: float
 ) -> AsyncIterator[EvalTiers]:
     from services.gateway.model_clients import GrpcEmbedder, GrpcVerifier
 
@@ -104,13 +104,13 @@ async def open_tiers(
             from services.gateway.l2 import open_l2_store
 
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reflex-eval-l2-")))
-            l2_settings = settings.model_copy(
+            l2_settings = settings.l2.model_copy(
                 update={
                     "qdrant_url": None,
                     "storage_path": tmp,
                     # Bulk writes queue behind each other on the store's one worker thread;
                     # the gateway's per-call deadline is for one request, not a bulk load.
-                    "l2_timeout_ms": max(settings.l2_timeout_ms, int(call_timeout_secs * 1000)),
+                    "timeout_ms": max(settings.l2.timeout_ms, int(call_timeout_secs * 1000)),
                 }
             )
             store = await open_l2_store(l2_settings, int(models["embedder"]["dimension"]))

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from reflex.config import Settings
+from reflex.settings import ToolSettings
 from reflex.tauq import TauqError, dumps, loads
 
 
@@ -21,7 +21,7 @@ def _read(path: str | None) -> str:
     return data.decode("utf-8")
 
 
-def main(argv: list[str], settings: Settings) -> int:
+def main(argv: list[str], settings: ToolSettings) -> int:
     parser = argparse.ArgumentParser(
         prog="reflex tauq",
         description="Convert JSON to Tauq (encode) or Tauq to JSON (decode). "

@@ -1,7 +1,7 @@
 """``reflex eval``: measure a cache's hit and false-hit rates on labelled question pairs.
 
 The harness runs the pairs through the same tiers the gateway uses (the embedder and
-verifier gRPC services and an L2 store, behind the Protocols in ``services.gateway.tiers``)
+verifier gRPC services and an L2 store, behind the Protocols in ``reflex.tiers``)
 with the configured thresholds, so the numbers are the ones users will meet.
 
 Modules, one per concern:

@@ -17,6 +17,8 @@ each on a worker thread of its own so the event loop only moves futures around:
   ``zip(..., strict=True)`` so a backend returning the wrong number of rows fails loudly.
 * Admission is bounded (``max_queue`` items in flight): past it ``submit`` raises
   ``Overloaded`` at once, which the servicer answers with RESOURCE_EXHAUSTED.
+* ``on_forward_pass(ok)`` is told, on the event loop, whether each model-stage batch succeeded
+  (the model server turns its health NOT_SERVING after several failures in a row).
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from services.common.errors import InferenceFailed, InvalidInput, NotServing, Overloaded
-from services.common.metrics import ModelMetrics
+from services.model_server.errors import InferenceFailed, InvalidInput, NotServing, Overloaded
+from services.model_server.metrics import ModelMetrics
 
 log = logging.getLogger("reflex.batching")
 
@@ -101,6 +103,7 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         max_queue: int,
         metrics: ModelMetrics,
         name: str = "model",
+        on_forward_pass: Callable[[bool], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_batch_tokens < 1:
             raise ValueError("max_batch_size, max_queue and max_batch_tokens must be >= 1")
@@ -111,6 +114,7 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         self._max_queue = max_queue
         self._metrics = metrics
         self._name = name
+        self._on_forward_pass = on_forward_pass
         self._queue: deque[_Pending] = deque()
         self._inflight = 0
         self._closed = False
@@ -211,6 +215,14 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         self._wake.set()
         if len(self._queue) >= self._max_batch_size:
             self._full.set()
+
+    def _report_forward_pass(self, ok: bool) -> None:
+        if self._on_forward_pass is None:
+            return
+        try:
+            self._on_forward_pass(ok)
+        except Exception:  # a broken observer must not kill the model stage (every call would hang)
+            log.exception("%s: on_forward_pass callback failed", self._name)
 
     def _fail(self, requests: Sequence[_Pending], exc: BaseException) -> None:
         for p in requests:
@@ -324,8 +336,11 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
                 raise
             except Exception as exc:  # the model raised (or returned the wrong rows): fail the batch
                 log.exception("%s: forward pass over %d rows failed", self._name, len(requests))
+                # Reported first, so the model server has counted this failure before any caller sees it.
+                self._report_forward_pass(False)
                 self._fail(requests, InferenceFailed(f"forward pass failed: {type(exc).__name__}"))
                 continue
+            self._report_forward_pass(True)
             for p, result in matched:
                 p.timing.inference_ns = inference_ns
                 if not p.future.done():

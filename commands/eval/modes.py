@@ -17,17 +17,19 @@ import blake3
 import numpy as np
 from tqdm import tqdm
 
-from reflex.eval.aio import map_bounded, retry_overloaded
-from reflex.eval.data import Pair
-from reflex.eval.metrics import L1_HIT, NO_CANDIDATE, Scored
-from services.gateway.entry import CachedEntry
-from services.gateway.tiers import L2Candidate, L2Store, Verifier
+from commands.eval.aio import map_bounded, retry_overloaded
+from commands.eval.data import Pair
+from commands.eval.metrics import L1_HIT, NO_CANDIDATE, Scored
+from reflex.entry import CachedEntry
+from reflex.tiers import L2Candidate, L2Point, L2Scope, L2Store, Verifier
 
 # All entries go in one tenant, model and context, as they would for one busy user: the
 # point of cache mode is that every stored question competes for every query.
-EVAL_TENANT = blake3.blake3(b"reflex-eval").hexdigest()
-EVAL_MODEL = "reflex-eval"
-EVAL_CONTEXT = blake3.blake3(b"").hexdigest()
+EVAL_SCOPE = L2Scope(
+    tenant=blake3.blake3(b"reflex-eval").hexdigest(),
+    model="reflex-eval",
+    context_hash=blake3.blake3(b"").hexdigest(),
+)
 
 
 class Mode(str, Enum):
@@ -127,18 +129,15 @@ async def fill_cache(pairs: Sequence[Pair], vectors: dict[str, np.ndarray], stor
         async def upsert(question: str) -> None:
             entry_id = entry_id_for(question)
             entry = CachedEntry(entry_id=entry_id, completion={}, question=question)
-            await retry_overloaded(
-                lambda: store.upsert(
-                    entry_id=entry_id,
-                    tenant=EVAL_TENANT,
-                    model=EVAL_MODEL,
-                    context_hash=EVAL_CONTEXT,
-                    question=question,
-                    vector=vectors[question].tolist(),
-                    entry=entry.to_bytes(),
-                    ttl_secs=knobs.ttl_secs,
-                )
+            point = L2Point(
+                entry_id=entry_id,
+                scope=EVAL_SCOPE,
+                question=question,
+                vector=vectors[question].tolist(),
+                entry=entry.to_bytes(),
+                ttl_secs=knobs.ttl_secs,
             )
+            await retry_overloaded(lambda: store.upsert(point))
 
         await map_bounded(upsert, questions, concurrency=knobs.concurrency, on_done=lambda *_: bar.update())
     return len(questions)
@@ -225,12 +224,7 @@ async def run_cache(
         async def search(query: str) -> list[L2Candidate]:
             return await retry_overloaded(
                 lambda: store.search(
-                    tenant=EVAL_TENANT,
-                    model=EVAL_MODEL,
-                    context_hash=EVAL_CONTEXT,
-                    vector=vectors[query].tolist(),
-                    top_k=knobs.top_k,
-                    min_similarity=knobs.min_similarity,
+                    EVAL_SCOPE, vectors[query].tolist(), top_k=knobs.top_k, min_similarity=knobs.min_similarity
                 )
             )
 

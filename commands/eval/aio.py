@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
-from services.gateway.tiers import TierUnavailable
+from reflex.tiers import TierUnavailable
 
 T = TypeVar("T")
 R = TypeVar("R")

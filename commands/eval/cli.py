@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import orjson
 
-from reflex.config import Settings
-from reflex.eval.data import FOW_CACHE, QQP_VALIDATION, Pair, PairsError, load_pairs
-from reflex.eval.embedding import EmbeddingCache, embed_texts
-from reflex.eval.metrics import Scored, metrics_at, sweep, sweep_grid, threshold_for_false_hit_rate
-from reflex.eval.modes import Judged, Knobs, Mode, run_cache, run_pairwise
-from reflex.eval.report import DEFINITIONS, render_text, scorer_block
-from reflex.eval.tiers import EvalTiers, open_tiers
-from services.gateway.tiers import TierUnavailable
+from commands.eval.data import FOW_CACHE, QQP_VALIDATION, Pair, PairsError, load_pairs
+from commands.eval.embedding import EmbeddingCache, embed_texts
+from commands.eval.metrics import Scored, metrics_at, sweep, sweep_grid, threshold_for_false_hit_rate
+from commands.eval.modes import Judged, Knobs, Mode, run_cache, run_pairwise
+from commands.eval.report import DEFINITIONS, render_text, scorer_block
+from commands.eval.tiers import EvalTiers, open_tiers
+from reflex.settings import EvalSettings
+from reflex.tiers import TierUnavailable
 
 DEFAULT_TARGETS = (0.01, 0.02, 0.05)
 # Bulk calls wait behind each other in the services' queues, so the gateway's interactive
@@ -29,6 +29,8 @@ DEFAULT_CALL_TIMEOUT_SECS = 120.0
 # Embed calls in flight: enough that the service always has the next chunk queued while the
 # client decodes the last reply; more would only wait in its queue.
 EMBED_CALLS_IN_FLIGHT = 4
+# The eval store lives in a temporary directory for one run; entries only need to outlive it.
+EVAL_TTL_SECS = 7 * 24 * 3600
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
+def parse_args(argv: list[str], settings: EvalSettings) -> argparse.Namespace:
     """Parse and check ``reflex eval`` arguments, filling the defaults that depend on settings.
     ``args.targets`` holds the false-hit targets. Exits with status 2 on a bad argument."""
     parser = build_parser()
@@ -117,16 +119,16 @@ def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
     if args.embed_chunk is None:
-        args.embed_chunk = max(1, min(256, settings.max_queue // EMBED_CALLS_IN_FLIGHT))
+        args.embed_chunk = max(1, min(256, settings.models.batching.max_queue // EMBED_CALLS_IN_FLIGHT))
     if args.concurrency < 1 or args.embed_chunk < 1:
         parser.error("--concurrency and --embed-chunk must be at least 1")
     return args
 
 
-def main(argv: list[str], settings: Settings) -> int:
+def main(argv: list[str], settings: EvalSettings) -> int:
     args = parse_args(argv, settings)
     try:
-        pairs = load_pairs(args.pairs, limit=args.limit, seed=args.seed, qqp_path=settings.qqp_path)
+        pairs = load_pairs(args.pairs, limit=args.limit, seed=args.seed, qqp_path=settings.training.qqp_path)
     except PairsError as exc:
         print(f"reflex eval: {exc}", file=sys.stderr)
         return 2
@@ -152,17 +154,17 @@ class Measured:
     timings: dict[str, Any]
 
 
-async def measure(pairs: list[Pair], args: argparse.Namespace, settings: Settings) -> Measured:
+async def measure(pairs: list[Pair], args: argparse.Namespace, settings: EvalSettings) -> Measured:
     """Everything that talks to the services: embed, (store, search,) score. Raises TierUnavailable."""
     started = time.perf_counter()
     timings: dict[str, Any] = {}
     mode = Mode(args.mode)
     knobs = Knobs(
-        top_k=settings.l2_top_k,
-        min_similarity=settings.l2_min_similarity,
+        top_k=settings.l2.top_k,
+        min_similarity=settings.l2.min_similarity,
         concurrency=args.concurrency,
         timeout=args.timeout,
-        ttl_secs=settings.cache_ttl_secs,
+        ttl_secs=EVAL_TTL_SECS,
         progress=not (args.json or args.no_progress) and sys.stderr.isatty(),
     )
     async with open_tiers(
@@ -193,20 +195,20 @@ def _primary(judged: Judged) -> tuple[str, Scored]:
 
 
 def _threshold(
-    judged: Judged, args: argparse.Namespace, settings: Settings, targets: tuple[float, ...]
+    judged: Judged, args: argparse.Namespace, settings: EvalSettings, targets: tuple[float, ...]
 ) -> tuple[float, str]:
     """The threshold of the headline numbers, and where it came from."""
     if args.threshold is not None:
         return args.threshold, "--threshold"
     if judged.verifier is not None:
-        return settings.reranker_threshold, "REFLEX_RERANKER_THRESHOLD"
+        return settings.verifier.threshold, "REFLEX_RERANKER_THRESHOLD"
     # Cosine has no configured threshold (REFLEX_RERANKER_THRESHOLD is a probability):
     # report it where it meets the first false-hit target.
     found = threshold_for_false_hit_rate(judged.cosine, targets[0])
     return (found, f"--target-fhr {targets[0]:g}") if found is not None else (1.0, "default 1.0")
 
 
-def build_result(pairs: list[Pair], measured: Measured, args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+def build_result(pairs: list[Pair], measured: Measured, args: argparse.Namespace, settings: EvalSettings) -> dict[str, Any]:
     targets = args.targets
     judged = measured.judged
     scorer, primary = _primary(judged)
@@ -218,8 +220,8 @@ def build_result(pairs: list[Pair], measured: Measured, args: argparse.Namespace
         "scorer": scorer,
         "threshold": threshold,
         "threshold_source": source,
-        "l2_top_k": settings.l2_top_k,
-        "l2_min_similarity": settings.l2_min_similarity,
+        "l2_top_k": settings.l2.top_k,
+        "l2_min_similarity": settings.l2.min_similarity,
         **scorer_block(primary, threshold, targets, categories),
     }
     if args.mode == Mode.CACHE.value:
@@ -244,7 +246,7 @@ def build_result(pairs: list[Pair], measured: Measured, args: argparse.Namespace
 
 
 def plot_result(pairs: list[Pair], measured: Measured, result: dict[str, Any], args: argparse.Namespace) -> None:
-    from reflex.eval.plot import plot_sweep
+    from commands.eval.plot import plot_sweep
 
     scorer, primary = _primary(measured.judged)
     plot_sweep(

@@ -16,8 +16,8 @@ from pathlib import Path
 import blake3
 import numpy as np
 
-from reflex.eval.aio import map_bounded, retry_overloaded
-from services.gateway.tiers import Embedder
+from commands.eval.aio import map_bounded, retry_overloaded
+from reflex.tiers import Embedder
 
 
 class EmbeddingCache:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from reflex.config import Settings
+from reflex.settings import ModelSettings
 
 log = logging.getLogger("reflex.torch")
 
@@ -39,7 +39,7 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def choose_runtime(settings: Settings) -> Runtime:
+def choose_runtime(settings: ModelSettings) -> Runtime:
     """CUDA when present (bf16, or fp16 where the card lacks bf16), else CPU in fp32.
 
     REFLEX_DEVICE overrides the choice. Half precision is only used on CUDA: on CPU it is

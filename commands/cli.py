@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str, type[ProcessSettings], str]] = {
     "eval": ("commands.eval.cli", "main", EvalSettings, "measure hit and false-hit rates on labelled pairs"),
     "train-verifier": ("services.verifier.training.train", "main", EvalSettings, "train the verifier cross-encoder"),
     "tauq": ("commands.tauq", "main", ToolSettings, "encode JSON to Tauq or decode Tauq to JSON"),
+    "bench": ("commands.bench", "main", ServeSettings, "measure speed, each figure a ratio to a baseline from the same run"),
+    "snapshot": ("commands.snapshot", "main", GatewaySettings, "create, restore or list snapshots of the cache (local or gs://)"),
 }
 
 

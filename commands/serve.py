@@ -48,8 +48,11 @@ async def run(settings: ServeSettings, *, ready: asyncio.Event | None = None, st
         )
         if ready is not None:
             ready.set()
-        await stop.wait()
-        log.info("stopping: draining in-flight requests for up to %.0f s", gateway_settings.http.shutdown_grace_secs)
+        # a signal, or the gateway's own idle timeout (REFLEX_IDLE_TIMEOUT_SECS): either way it
+        # drains, dehydrates when a snapshot location is set, and the process exits 0
+        reason = await gateway.wait_for_stop(stop)
+        log.info("stopping (%s): draining in-flight requests for up to %.0f s", reason,
+                 gateway_settings.http.shutdown_grace_secs)
 
 
 async def _start_model_services(settings: ServeSettings, stack: contextlib.AsyncExitStack) -> GatewaySettings:

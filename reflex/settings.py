@@ -32,6 +32,7 @@ log = logging.getLogger("reflex.settings")
 
 
 class ResponseFormat(StrEnum):
+    AUTO = "auto"  # Tauq only where it is shorter than the raw content
     TAUQ = "tauq"
     RAW = "raw"
 
@@ -101,6 +102,31 @@ class HttpSettings(SettingsGroup):
     shutdown_grace_secs: float = Field(
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
     )
+    metrics_max_tenants: int = Field(
+        50,
+        ge=0,
+        description="Tenants that get their own series in /metrics (the first seen); the rest share "
+        "tenant=\"other\". Bounds the page and the time-series database; 0: no per-tenant series. "
+        "Per-tenant detail is in the admin stats endpoint.",
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="If set, /metrics answers only scrapes that send 'Authorization: Bearer <token>': the "
+        "page names tenant ids and traffic volumes.",
+    )
+    header_read_timeout_secs: float = Field(
+        10.0,
+        gt=0,
+        description="How long a new connection may take to send its first request's headers before it is "
+        "closed (against header trickling). Real clients send them at once.",
+    )
+    body_read_timeout_secs: float = Field(
+        30.0,
+        gt=0,
+        description="How long a request body may take to arrive (408 after). The body is read before a "
+        "REFLEX_MAX_INFLIGHT slot is taken, so slow senders cannot hold slots; shorter frees sockets of "
+        "stalled clients sooner, longer admits very slow links.",
+    )
 
 
 class UpstreamSettings(SettingsGroup):
@@ -115,6 +141,20 @@ class UpstreamSettings(SettingsGroup):
     connect_timeout_secs: float = Field(10.0, gt=0, description="Connect timeout to the upstream.")
     timeout_secs: float = Field(
         600.0, gt=0, description="Total time one upstream call may take (long completions stream for minutes)."
+    )
+    first_byte_timeout_secs: float = Field(
+        60.0,
+        gt=0,
+        description="How long a streaming request waits for the provider's response to begin (its headers). "
+        "Providers start a stream within seconds, thinking models included (they stream while they think); "
+        "past this the request is a 504 instead of holding a slot until the total timeout. Not applied to "
+        "non-streaming requests, whose answer only starts once it is complete.",
+    )
+    idle_timeout_secs: float = Field(
+        120.0,
+        gt=0,
+        description="Longest silence allowed inside a streamed answer (providers send a token or a ping every "
+        "few seconds); past it the stream is ended with an in-band error and nothing is cached.",
     )
     max_connections: int = Field(100, ge=1, description="Connection pool size to the upstream; bounds fan-out.")
     mock_provider: bool = Field(
@@ -132,14 +172,56 @@ class UpstreamSettings(SettingsGroup):
         return v.rstrip("/")
 
 
+class AnthropicUpstreamSettings(SettingsGroup):
+    """Where ``POST /v1/messages`` (Claude Code, the anthropic SDK) goes on a miss. Timeouts and
+    the connection pool are the upstream group's."""
+
+    model_config = SettingsConfigDict(env_prefix="REFLEX_ANTHROPIC_UPSTREAM_")
+
+    url: str = Field(
+        "https://api.anthropic.com",
+        description="Anthropic Messages API base URL, without /v1 (the way ANTHROPIC_BASE_URL is written).",
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="If set, sent as x-api-key on every Anthropic upstream call instead of the caller's "
+        "credential (the provider key held centrally).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
 class CacheSettings(SettingsGroup):
     """What applies to the cache as a whole, across its tiers."""
 
     semantic: bool = Field(True, description="Enable L2 (vector search) and L3 (verifier). Off: exact L1 only.")
     cache_ttl_secs: int = Field(7 * 24 * 3600, ge=1, description="Lifetime of a cached entry.")
+    max_cacheable_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Largest answer (bytes as the provider sent it, a stream's events included) that is "
+        "stored; larger ones are relayed and not cached. Bounds what one answer costs in L1, L2 and on "
+        "every hit that replays it.",
+    )
+    tier_retry_secs: float = Field(
+        1.0,
+        ge=0,
+        description="After the embedder, verifier or L2 fails (timeout, unavailable, overloaded), how long "
+        "requests skip it (a plain miss at once) before one request tries it again; a readiness probe that "
+        "finds it healthy ends the pause sooner. Longer spares requests the deadline during an outage "
+        "(a stopped verifier would otherwise cost every request REFLEX_VERIFIER_TIMEOUT_MS); shorter "
+        "notices recovery sooner. 0: never skip.",
+    )
     response_format: ResponseFormat = Field(
-        ResponseFormat.TAUQ,
-        description="Content of cache hits: 'tauq' (envelope with the matched question) or 'raw'. "
+        ResponseFormat.AUTO,
+        description="Content of cache hits: 'auto' (the Tauq envelope only when it is shorter than the raw "
+        "content, e.g. JSON answers; prose, code and edit blocks are served exactly as cached), 'tauq' "
+        "(always the envelope with the matched question, where the content is text) or 'raw'. "
         "Per request: header X-Reflex-Format.",
     )
 
@@ -149,6 +231,13 @@ class L1Settings(SettingsGroup):
         None, description="Redis URL for the shared L1 (e.g. redis://redis:6379/0). Unset: in-process LRU."
     )
     l1_capacity: int = Field(10_000, ge=1, description="Entries kept by the in-process L1 (LRU).")
+    l1_max_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=1024,
+        description="Bytes the in-process L1 may hold (least recently used entries go first). Entry count "
+        "alone does not bound memory: ten 20 MiB answers are ten entries. Redis bounds its own memory "
+        "(maxmemory with an LRU policy).",
+    )
     redis_timeout_ms: int = Field(
         250,
         ge=1,
@@ -194,7 +283,10 @@ class L2Settings(SettingsGroup):
     collection: str = Field(
         "reflex",
         validation_alias=_alias("REFLEX_QDRANT_COLLECTION"),
-        description="Collection (or Edge shard) name for L2.",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+        description="Collection (or Edge shard) name for L2: letters, digits, '_' and '-', at most 64. The embedded "
+        "shard is a directory of that name under REFLEX_STORAGE_PATH, so a name like '../x' must never reach "
+        "the file system.",
     )
     storage_path: Path = Field(
         Path("./.data"),
@@ -202,6 +294,13 @@ class L2Settings(SettingsGroup):
         description="Where the embedded L2 shard lives on disk.",
     )
     top_k: int = Field(5, ge=1, le=100, description="Candidates L2 hands to the verifier.")
+    max_question_chars: int = Field(
+        16_384,
+        ge=1,
+        description="Longest question (characters) the semantic tiers are asked about; a longer one is served "
+        "by the exact tier alone. The models read only their first few hundred tokens anyway, and a caller's "
+        "input must never reach a gRPC message limit and be counted as a backend outage.",
+    )
     min_similarity: float = Field(
         0.5,
         ge=-1.0,
@@ -257,6 +356,125 @@ class VerifierDecisionSettings(SettingsGroup):
     )
 
 
+class CloudProvider(StrEnum):
+    GCP = "gcp"
+    LOCAL = "local"
+
+
+class LifecycleSettings(SettingsGroup):
+    """Snapshots (hydrate at start, dehydrate at stop) and idle shutdown.
+
+    Where snapshots go is REFLEX_SNAPSHOT_URL, or the seed's pair: REFLEX_CLOUD_PROVIDER=gcp with
+    REFLEX_GCS_BUCKET (+ REFLEX_SNAPSHOT_PATH as the prefix), or REFLEX_CLOUD_PROVIDER=local with
+    REFLEX_SNAPSHOT_PATH as a directory. ``location`` resolves them to one URL or None.
+    """
+
+    snapshot_url: str | None = Field(
+        None,
+        description="Where snapshots are read at start (hydrate) and written at stop (dehydrate): a local "
+        "directory or gs://bucket/prefix. Wins over the seed's REFLEX_GCS_BUCKET / REFLEX_SNAPSHOT_PATH. "
+        "Unset (and those unset): no hydrate, no dehydrate.",
+    )
+    cloud_provider: CloudProvider = Field(
+        CloudProvider.LOCAL,
+        description="The seed's switch: 'gcp' puts snapshots in gs://REFLEX_GCS_BUCKET/REFLEX_SNAPSHOT_PATH, "
+        "'local' in the directory REFLEX_SNAPSHOT_PATH. Ignored when REFLEX_SNAPSHOT_URL is set.",
+    )
+    gcs_bucket: str | None = Field(
+        None, description="GCS bucket for snapshots when REFLEX_CLOUD_PROVIDER=gcp (the seed's name)."
+    )
+    snapshot_path: str | None = Field(
+        None,
+        description="Snapshot directory (local) or object prefix inside REFLEX_GCS_BUCKET (gcp; default "
+        "'reflex-snapshots').",
+    )
+    snapshot_keep: int = Field(
+        3,
+        ge=1,
+        description="Complete snapshots kept at the snapshot location; older ones are deleted after each "
+        "new one is written. More: further to roll back, more storage.",
+    )
+    idle_timeout_secs: float | None = Field(
+        None,
+        gt=0,
+        description="After this long with no API request (health, readiness and metrics scrapes do not "
+        "count) and none in flight, dehydrate and exit 0, so a VM or a scale-to-zero platform can stop. "
+        "Unset: never (the seed's 900 s default would stop any server with a quiet quarter hour).",
+    )
+    snapshot_lock_secs: float = Field(
+        600.0,
+        gt=0,
+        description="With REFLEX_REDIS_URL set, a dehydrate first takes a Redis lock, held at most this "
+        "long, so that of several gateways on one Qdrant server only one writes a snapshot at a time.",
+    )
+
+    @field_validator("snapshot_url")
+    @classmethod
+    def _snapshot_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if v.startswith("gs://"):
+            bucket, _, _ = v.removeprefix("gs://").partition("/")
+            if not bucket:
+                raise ValueError("gs:// URL without a bucket (gs://bucket/prefix)")
+        elif "://" in v and not v.startswith("file://"):
+            raise ValueError("must be a local path, file://PATH or gs://bucket/prefix")
+        return v
+
+    @field_validator("gcs_bucket")
+    @classmethod
+    def _bucket(cls, v: str | None) -> str | None:
+        if v is not None and ("/" in v or v.startswith("gs:")):
+            raise ValueError("a bucket name only (no gs:// and no '/'); the prefix is REFLEX_SNAPSHOT_PATH")
+        return v
+
+    @property
+    def location(self) -> str | None:
+        """The snapshot location as one URL (local path or gs://...), or None when not configured."""
+        if self.snapshot_url:
+            return self.snapshot_url
+        if self.cloud_provider is CloudProvider.GCP:
+            if not self.gcs_bucket:
+                return None
+            prefix = (self.snapshot_path or "reflex-snapshots").strip("/")
+            return f"gs://{self.gcs_bucket}/{prefix}"
+        return self.snapshot_path
+
+
+class AdminSettings(SettingsGroup):
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Enables the admin API under /admin/v1/ (send it as 'Authorization: Bearer TOKEN'). "
+        "Unset: those routes answer 404. Tenant self-service (DELETE /v1/reflex/cache) needs no token.",
+    )
+
+
+class TenantLimitSettings(SettingsGroup):
+    """Per-tenant caps on L2: past either, the tenant's oldest entries are evicted first."""
+
+    model_config = SettingsConfigDict(env_prefix="REFLEX_TENANT_")
+
+    max_entries: int | None = Field(
+        None,
+        ge=1,
+        description="Most L2 entries one tenant may hold; past it the oldest are evicted (down to 90%, so "
+        "evictions come in batches rather than on every write). Unset: no cap.",
+    )
+    max_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description="Most bytes (vector + question + cached answer) one tenant may hold in L2; past it the "
+        "oldest entries are evicted (down to 90%). Unset: no cap.",
+    )
+    recount_secs: float = Field(
+        30.0,
+        gt=0,
+        description="How old a tenant's entry and byte tally may get before a write recounts it from the "
+        "store. Between recounts each gateway adds its own writes; with several replicas a tenant can "
+        "overshoot a cap by what the others wrote meanwhile.",
+    )
+
+
 # ---------------------------------------------------------------------------- model-service groups
 class GrpcServerSettings(SettingsGroup):
     model_config = SettingsConfigDict(env_prefix="REFLEX_GRPC_")
@@ -293,7 +511,12 @@ class GrpcServerSettings(SettingsGroup):
 class BatchingSettings(SettingsGroup):
     max_batch_size: int = Field(64, ge=1, description="Most texts in one forward pass.")
     max_batch_wait_ms: float = Field(
-        2.0, ge=0, description="How long the batcher waits to fill a batch: latency traded for throughput."
+        0.0,
+        ge=0,
+        description="How long a request may wait for company when the model is idle, before its batch runs "
+        "anyway. While a forward pass runs the next batch always fills until the model is free (no cost: it "
+        "could not run sooner), so under load batches fill without any wait. 0: an idle model starts at once, "
+        "and a lone request pays no wait (a wait of 2 ms added 2 ms to every L3 lookup at low load).",
     )
     max_batch_tokens: int = Field(
         16384, ge=64, description="Token budget of one batch (padded length x rows); bounds activation memory."
@@ -319,6 +542,35 @@ class ModelSettings(SettingsGroup):
         None, ge=1, description="CPU threads for torch. Unset: the number of cores, capped at 8."
     )
     max_seq_length: int = Field(256, ge=8, description="Tokens kept per text (longer ones are truncated).")
+    embedder_backend: str = Field(
+        "onnx-int8",
+        pattern=r"^(torch|torch-int8|onnx|onnx-int8)$",
+        description="How the embedder runs on a CPU: 'torch' (fp32 eager), 'onnx' (the same fp32 weights "
+        "through ONNX Runtime, equal to 1e-5 and faster), 'onnx-int8' / 'torch-int8' (dynamic int8 "
+        "quantization of the linear layers: several times faster, vectors move slightly). The default is the "
+        "fastest whose `reflex eval` matched fp32 (README, Performance). The ONNX files are exported once and "
+        "cached (REFLEX_MODEL_CACHE_PATH). On CUDA the models always run in torch.",
+    )
+    verifier_backend: str = Field(
+        "onnx",
+        pattern=r"^(torch|torch-int8|onnx|onnx-int8)$",
+        description="How the verifier runs on a CPU; the same choices as REFLEX_EMBEDDER_BACKEND. int8 is "
+        "3-4x faster per Score call but shifts scores down near the threshold (QQP validation hits fell by "
+        "about 3 points at 0.92, README), so the default keeps fp32 weights.",
+    )
+    model_cache_path: Path | None = Field(
+        None,
+        description="Where the ONNX backends cache their exported models (one subdirectory per weights, "
+        "recipe and library versions; created at load). Unset: ~/.cache/reflex/models. The first load of a "
+        "model pays the export (10-30 s on 2 cores); later loads read the cache.",
+    )
+    cuda_graphs: bool = Field(
+        False,
+        description="On CUDA only: run batches of up to 8 rows through torch.compile(mode='reduce-overhead') "
+        "(CUDA graphs), padded to a few fixed shapes that are compiled and recorded at start-up. Cuts the "
+        "per-call launch overhead that dominates MiniLM at batch 1; costs start-up time (the compile) and "
+        "GPU memory for the recorded graphs. Ignored on CPU.",
+    )
 
 
 class RuleSettings(SettingsGroup):
@@ -506,11 +758,15 @@ class GatewaySettings(ProcessSettings):
     log: LogSettings = _group(LogSettings)
     http: HttpSettings = _group(HttpSettings)
     upstream: UpstreamSettings = _group(UpstreamSettings)
+    anthropic: AnthropicUpstreamSettings = _group(AnthropicUpstreamSettings)
     cache: CacheSettings = _group(CacheSettings)
     l1: L1Settings = _group(L1Settings)
     l2: L2Settings = _group(L2Settings)
     models: ModelClientSettings = _group(ModelClientSettings)
     verifier: VerifierDecisionSettings = _group(VerifierDecisionSettings)
+    lifecycle: LifecycleSettings = _group(LifecycleSettings)
+    admin: AdminSettings = _group(AdminSettings)
+    tenant_limits: TenantLimitSettings = _group(TenantLimitSettings)
 
 
 class ModelServiceSettings(ProcessSettings):

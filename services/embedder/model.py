@@ -22,6 +22,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from reflex.settings import ModelServiceSettings, ModelSettings
 from services.model_server.encoding import Encoding, PaddedRows, encodings_from
+from services.model_server.inference import build_encoder
 from services.model_server.torch_runtime import Runtime, choose_runtime, local_model_dir, model_name
 
 log = logging.getLogger("reflex.embedder")
@@ -88,7 +89,7 @@ class EmbeddingModel(PaddedRows):
     def __init__(self, path: Path, settings: ModelSettings, runtime: Runtime | None = None) -> None:
         self.path = path
         self.name = model_name(path)
-        self.runtime = runtime or choose_runtime(settings)
+        self.runtime = runtime or choose_runtime(settings, settings.embedder_backend)
         self.layout = SentenceTransformerLayout.read(path)
         src = self.layout.transformer_dir
         self.tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True, use_fast=True)
@@ -100,6 +101,13 @@ class EmbeddingModel(PaddedRows):
         self.dimension = int(self.model.config.hidden_size) * len(self.layout.pooling_modes)
         self._pad_id = self.tokenizer.pad_token_id or 0
         self._uses_token_types = "token_type_ids" in self.tokenizer.model_input_names
+        # How the forward pass runs (REFLEX_EMBEDDER_BACKEND, REFLEX_CUDA_GRAPHS); pooling
+        # below is the same for every backend.
+        self.encoder = build_encoder(
+            self.model, output="last_hidden_state", source=src,
+            input_names=["input_ids", "attention_mask"] + (["token_type_ids"] if self._uses_token_types else []),
+            runtime=self.runtime, cache_path=settings.model_cache_path, pad_id=self._pad_id, max_tokens=self.max_tokens,
+        )
         log.info("embedder: %s (dim %d, %d tokens, pooling %s) on %s/%s", self.name, self.dimension,
                  self.max_tokens, "+".join(self.layout.pooling_modes), self.runtime.device, self.runtime.dtype_name)
 
@@ -111,12 +119,14 @@ class EmbeddingModel(PaddedRows):
                              return_attention_mask=False, return_token_type_ids=self._uses_token_types)
         return encodings_from(enc, with_token_types=self._uses_token_types)
 
+    def warm_up(self) -> None:
+        """Run on the model thread before SERVING (compiles and records CUDA graphs when on)."""
+        self.encoder.warm_up()
+
     @torch.inference_mode()
     def forward(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        device = self.runtime.device
-        inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        hidden = self.model(**inputs).last_hidden_state.float()  # pool in fp32 whatever the model dtype
-        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        hidden = self.encoder(batch)  # float32 whatever the model dtype: pooling runs in fp32
+        mask = batch["attention_mask"].to(hidden.device, non_blocking=True).unsqueeze(-1).to(hidden.dtype)
         pooled = []
         for mode in self.layout.pooling_modes:
             if mode == "cls_token":

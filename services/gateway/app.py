@@ -16,12 +16,15 @@ from aiohttp import web
 from reflex import tokens
 from reflex.settings import GatewaySettings
 from reflex.tiers import Embedder, L2Store, Verifier
+from services.gateway.admin import add_admin_routes
 from services.gateway.cascade import Cascade, SemanticTiers
 from services.gateway.errors import error_middleware
 from services.gateway.handlers import add_routes, bound_inflight, count_requests
 from services.gateway.l1 import open_l1
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.semantic import LazyL2Store, grpc_clients
+from services.gateway.protocols import all_protocols
+from services.gateway.l2.managed import ManagedL2
+from services.gateway.semantic import grpc_clients
 from services.gateway.state import L1, METRICS, STATE, TIERS, UPSTREAM, GatewayState
 from services.gateway.upstream import open_upstream
 
@@ -42,10 +45,11 @@ def create_app(
         client_max_size=settings.http.max_body_bytes,
         middlewares=[count_requests, error_middleware, bound_inflight],
     )
-    app[METRICS] = GatewayMetrics()
+    app[METRICS] = GatewayMetrics(max_tenant_series=settings.http.metrics_max_tenants)
+    protocols = all_protocols()
 
     async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-        upstream = open_upstream(settings.upstream)
+        upstream = open_upstream(settings.upstream, settings.anthropic, protocols)
         app[UPSTREAM] = upstream
         if settings.upstream.mock_provider:
             log.info("mock provider: misses are answered locally, nothing is sent upstream")
@@ -68,7 +72,8 @@ def create_app(
 
     async def state_ctx(app: web.Application) -> AsyncIterator[None]:
         cascade = Cascade(settings, app[L1], app[TIERS], app[METRICS])
-        state = GatewayState(settings=settings, cascade=cascade, upstream=app[UPSTREAM], metrics=app[METRICS])
+        state = GatewayState(settings=settings, cascade=cascade, upstream=app[UPSTREAM], metrics=app[METRICS],
+                             cacheable_paths=frozenset(p.route for p in protocols))
         app[STATE] = state
         yield
         await state.drain(timeout=settings.http.shutdown_grace_secs)
@@ -80,7 +85,8 @@ def create_app(
         yield
 
     app.cleanup_ctx.extend([tokens_ctx, upstream_ctx, l1_ctx, tiers_ctx, state_ctx])
-    add_routes(app)
+    add_routes(app, protocols)
+    add_admin_routes(app)  # admin API, tenant self-service, and the lifecycle (snapshots, idle)
     return app
 
 
@@ -111,7 +117,9 @@ async def _semantic_tiers(
         )
         return None
     if l2 is None:
-        lazy = LazyL2Store(settings.l2, embedder, probe_timeout_secs=settings.models.embedder_timeout_ms / 1000)
+        # LazyL2Store plus per-tenant caps and the backend's admin interface (l2/managed.py)
+        lazy = ManagedL2(settings.l2, embedder, probe_timeout_secs=settings.models.embedder_timeout_ms / 1000,
+                         limits=settings.tenant_limits, metrics=metrics)
         await lazy.open_now()
         owned.append(lazy)
         l2 = lazy

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import math
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -21,10 +20,14 @@ from reflex.entry import CachedEntry
 from reflex.settings import GatewaySettings
 from reflex.tiers import Embedder, L2Candidate, L2Point, L2Scope, L2Store, TierUnavailable, Verifier
 from services.gateway.keys import RequestKeys
-from services.gateway.l1 import L1Cache
+from services.gateway.l1 import L1Cache, L1Item, L1Tags
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.selection import Selection
 
 log = logging.getLogger("reflex.gateway.cascade")
+
+# Entries at least this large are decoded and presented on a worker thread, not the event loop.
+OFFLOAD_BYTES = 256 * 1024
 
 T = TypeVar("T")
 
@@ -58,22 +61,47 @@ class Lookup:
     # the embedding of the question, reused when the answer is written (never embed twice)
     vector: list[float] | None = None
     lookup_ms: float = 0.0
+    entry_bytes: int = 0  # the serialized entry's size: large hits are prepared off the event loop
 
 
 class ComponentHealth:
-    """Which components failed last time they were used; logs each outage and recovery once."""
+    """Which components failed last time they were used, and a circuit breaker over them.
 
-    def __init__(self) -> None:
+    Logs each outage and recovery once. A component that failed is skipped for ``retry_secs``
+    (its calls become plain misses at once, instead of each paying the full deadline); then one
+    call goes through as a probe, and if it fails the pause starts again. A success, the
+    probe's or a readiness check's, closes the breaker.
+    """
+
+    def __init__(self, retry_secs: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._failing: dict[str, str] = {}
+        self._retry_at: dict[str, float] = {}
+        self._retry_secs = retry_secs
+        self._clock = clock
 
     def failed(self, component: str, reason: str, detail: str) -> None:
         if component not in self._failing:
             log.warning("%s unavailable (%s: %s); falling back to misses until it returns", component, reason, detail)
         self._failing[component] = reason
+        if self._retry_secs > 0:
+            self._retry_at[component] = self._clock() + self._retry_secs
 
     def ok(self, component: str) -> None:
+        self._retry_at.pop(component, None)
         if self._failing.pop(component, None) is not None:
             log.info("%s is back", component)
+
+    def skipping(self, component: str) -> bool:
+        """True while ``component``'s breaker is open; False lets this call through (a probe
+        when the pause is over: the next calls wait for its outcome, one more pause long)."""
+        retry_at = self._retry_at.get(component)
+        if retry_at is None:
+            return False
+        now = self._clock()
+        if now < retry_at:
+            return True
+        self._retry_at[component] = now + self._retry_secs
+        return False
 
     def failing(self) -> dict[str, str]:
         return dict(self._failing)
@@ -92,7 +120,7 @@ class Cascade:
         self.l1 = l1
         self.tiers = tiers
         self.metrics = metrics
-        self.health = health or ComponentHealth()
+        self.health = health or ComponentHealth(settings.cache.tier_retry_secs)
         self._embed_timeout = settings.models.embedder_timeout_ms / 1000
         self._verify_timeout = settings.models.verifier_timeout_ms / 1000
         self._l2_timeout = settings.l2.timeout_ms / 1000
@@ -109,6 +137,10 @@ class Cascade:
         ``deadline`` is enforced here too, not only by the client's own timeout: a tier that
         ignores its timeout must still not hold a request past it.
         """
+        if component != self.l1.name and self.health.skipping(component):
+            # L1 has its own backoff (REFLEX_REDIS_RETRY_SECS); the semantic tiers this breaker
+            self.metrics.tier_failures.labels(component, "circuit_open").inc()
+            return None
         started = time.perf_counter()
         try:
             try:
@@ -143,9 +175,9 @@ class Cascade:
     async def _lookup(self, keys: RequestKeys) -> Lookup:
         raw = await self._call(self.l1.name, "l1", lambda: self.l1.get(keys.l1_key))
         if raw is not None:
-            entry = self._decode(raw, "l1")
+            entry = await self._decode_hit(raw, "l1")
             if entry is not None:
-                return Lookup(CacheStatus.HIT_L1, entry=entry)
+                return Lookup(CacheStatus.HIT_L1, entry=entry, entry_bytes=len(raw))
         scope = keys.scope
         if self.tiers is None or keys.question is None or scope is None:
             return Lookup(CacheStatus.MISS)
@@ -184,10 +216,11 @@ class Cascade:
         if best is None:
             return Lookup(CacheStatus.MISS, vector=vector)
         candidate, score = best
-        entry = self._decode(candidate.entry, "l2")
+        entry = await self._decode_hit(candidate.entry, "l2")
         if entry is None:
             return Lookup(CacheStatus.MISS, vector=vector)
-        return Lookup(CacheStatus.HIT_L3, entry=entry, similarity=candidate.similarity, verifier_score=score, vector=vector)
+        return Lookup(CacheStatus.HIT_L3, entry=entry, similarity=candidate.similarity, verifier_score=score,
+                      vector=vector, entry_bytes=len(candidate.entry))
 
     def _best_verified(self, candidates: list[L2Candidate], scores: list[float]) -> tuple[L2Candidate, float] | None:
         if len(scores) != len(candidates) or not all(isinstance(s, (int, float)) and math.isfinite(s) for s in scores):
@@ -203,6 +236,13 @@ class Cascade:
             return None
         return candidates[best_index], best_score
 
+    async def _decode_hit(self, raw: bytes, tier: str) -> CachedEntry | None:
+        if len(raw) < OFFLOAD_BYTES:
+            return self._decode(raw, tier)
+        # Parsing a large entry holds the loop about 30 ms per MiB: on a worker thread other
+        # requests (and health probes) get their turns at every GIL switch interval.
+        return await asyncio.to_thread(self._decode, raw, tier)
+
     def _decode(self, raw: bytes, tier: str) -> CachedEntry | None:
         try:
             return CachedEntry.from_bytes(raw)
@@ -213,14 +253,17 @@ class Cascade:
             return None
 
     # ------------------------------------------------------------------ write-back
-    async def store_answer(self, keys: RequestKeys, completion: dict[str, Any], vector: list[float] | None) -> None:
+    async def store_answer(
+        self, keys: RequestKeys, completion: dict[str, Any], vector: list[float] | None, *, semantic: bool = True
+    ) -> None:
         """Write a fresh upstream answer to L1 and (when eligible) L2 together. Runs after the
         response was sent; a failure is counted and logged, never raised to anyone.
-        ``vector`` is the lookup's embedding of the question, when it made one."""
+        ``vector`` is the lookup's embedding of the question, when it made one; ``semantic``
+        False keeps the answer out of L2 (an answer that calls tools: exact repeats only)."""
         data = CachedEntry(entry_id=keys.l1_key, completion=completion, question=keys.question).to_bytes()
         writes = [self._write_l1(keys, data)]
         scope = keys.scope
-        if self.tiers is not None and keys.question is not None and scope is not None:
+        if semantic and self.tiers is not None and keys.question is not None and scope is not None:
             writes.append(self._store_l2(keys.l1_key, keys.question, scope, data, vector, self.tiers))
         await asyncio.gather(*writes)
 
@@ -232,7 +275,9 @@ class Cascade:
         await self._write_l1(keys, data)
 
     async def _write_l1(self, keys: RequestKeys, data: bytes) -> None:
-        await self._write("l1", self.l1.name, None, lambda: self.l1.set(keys.l1_key, data))
+        # the tags feed L1's invalidation index (tenant, model, context), see l1.py
+        tags = L1Tags(keys.tenant, keys.model, keys.context_hash)
+        await self._write("l1", self.l1.name, None, lambda: self.l1.set(keys.l1_key, data, tags=tags))
 
     async def _store_l2(
         self, entry_id: str, question: str, scope: L2Scope, data: bytes, vector: list[float] | None,
@@ -262,6 +307,105 @@ class Cascade:
         ok = await self._call(component, None, _returning_true(call), deadline)
         self.metrics.cache_writes.labels(tier, "ok" if ok else "failed").inc()
         log.debug("%s write %s in %.1f ms", tier, "ok" if ok else "failed", (time.perf_counter() - started) * 1000)
+
+    # ------------------------------------------------------------------ administration
+    # Used by the admin API and tenant self-service (admin.py). Each removes from L1 and L2 together;
+    # none is on a request's path, so they scan (a tenant's entries at most, when one is named).
+    async def l2_admin(self) -> Any | None:
+        """The L2 store's administration interface (``l2.schema.L2Admin``), or None without L2."""
+        if self.tiers is None:
+            return None
+        opener = getattr(self.tiers.l2, "admin_store", None)
+        return await opener() if opener is not None else None
+
+    async def delete_entry(self, entry_id: str, *, tenant: str | None = None) -> dict[str, int] | None:
+        """Remove one entry, and every copy of the same answer, from L1 and L2.
+
+        An L3 hit is copied into L1 under the new request's own key (``promote``), and that copy's
+        id is what the caller saw; deleting only the named id would let the L2 original serve the
+        bad answer again. So the copies of this tenant with the same question and the same cached
+        completion go too. ``tenant`` restricts it to that tenant's entries (self-service): another
+        tenant's id is reported as not found. None when no such entry exists.
+        """
+        l2 = await self.l2_admin()
+        origin_tenant, question, completion = None, None, None
+        points = await l2.retrieve([entry_id]) if l2 is not None else []
+        if points and points[0].entry is not None:
+            origin_tenant = points[0].tenant
+            entry = self._decode(points[0].entry, "l2")
+            if entry is not None:
+                question, completion = entry.question, entry.completion
+        if origin_tenant is None:
+            # L1 only (or not at all): find it in the index (one tenant's when named, else all)
+            found = [i for i in await self.l1.select(Selection(tenant=tenant)) if i.key == entry_id]
+            if not found:
+                return None
+            origin_tenant = found[0].tags.tenant
+            entry = self._decode(found[0].value, "l1")
+            if entry is not None:
+                question, completion = entry.question, entry.completion
+        if tenant is not None and origin_tenant != tenant:
+            return None
+        l1_copies: list[L1Item] = []
+        l2_victims = [p.point_id for p in points]
+        if question is not None:
+            for item in await self.l1.select(Selection(tenant=origin_tenant)):
+                if item.key == entry_id:
+                    l1_copies.append(item)  # by item too, so Redis drops its index member
+                    continue
+                copy = self._decode(item.value, "l1")
+                if copy is not None and copy.question == question and copy.completion == completion:
+                    l1_copies.append(item)
+            if l2 is not None:
+                same_question = [p.entry_id async for page in l2.scan(Selection(tenant=origin_tenant))
+                                 for p in page if p.question == question and p.entry_id != entry_id]
+                for p in await l2.retrieve(same_question) if same_question else []:
+                    copy = self._decode(p.entry, "l2") if p.entry is not None else None
+                    if copy is not None and copy.completion == completion:
+                        l2_victims.append(p.point_id)
+        removed_l1 = await self.l1.delete([entry_id]) + await self.l1.delete(l1_copies)
+        if l2 is not None and l2_victims:
+            await l2.delete_points(l2_victims)
+        self.metrics.invalidated.labels("l1", "delete").inc(removed_l1)
+        self.metrics.invalidated.labels("l2", "delete").inc(len(l2_victims))
+        return {"l1": removed_l1, "l2": len(l2_victims)}
+
+    async def invalidate(self, selection: Selection, *, reason: str = "invalidate") -> dict[str, int]:
+        """Remove every entry ``selection`` names from L1 and L2; how many went from each."""
+        now = time.time()
+        removed_l2 = 0
+        l2 = await self.l2_admin()
+        if l2 is not None:
+            victims = [p.point_id async for page in l2.scan(selection) for p in page if p.matches(selection, now)]
+            if victims:
+                await l2.delete_points(victims)
+            removed_l2 = len(victims)
+        removed_l1 = await self.l1.delete(await self.l1.select(selection))
+        self.metrics.invalidated.labels("l1", reason).inc(removed_l1)
+        self.metrics.invalidated.labels("l2", reason).inc(removed_l2)
+        return {"l1": removed_l1, "l2": removed_l2}
+
+    async def stored_usage(self, tenant: str | None = None) -> dict[str, dict[str, int]]:
+        """Per tenant: live entries and bytes in each tier (one tenant's when named, else all)."""
+        now = time.time()
+        usage: dict[str, dict[str, int]] = {}
+
+        def row(t: str) -> dict[str, int]:
+            return usage.setdefault(t, {"l1_entries": 0, "l1_bytes": 0, "l2_entries": 0, "l2_bytes": 0})
+
+        for item in await self.l1.select(Selection(tenant=tenant)):
+            r = row(item.tags.tenant)
+            r["l1_entries"] += 1
+            r["l1_bytes"] += len(item.value)
+        l2 = await self.l2_admin()
+        if l2 is not None:
+            async for page in l2.scan(Selection(tenant=tenant)):
+                for p in page:
+                    if p.expires_at > now:
+                        r = row(p.tenant)
+                        r["l2_entries"] += 1
+                        r["l2_bytes"] += p.size_bytes
+        return usage
 
     # ------------------------------------------------------------------ readiness
     async def readiness(self, timeout: float) -> dict[str, str]:
@@ -294,6 +438,3 @@ def _returning_true(call: Callable[[], Awaitable[None]]) -> Callable[[], Awaitab
 
     return wrapped
 
-
-def fresh_completion_id() -> str:
-    return "chatcmpl-" + uuid.uuid4().hex

@@ -1,8 +1,12 @@
-"""HTTP handlers: the OpenAI-compatible surface plus health, readiness and metrics."""
+"""HTTP handlers: one cacheable endpoint per protocol (built from its adapter), the
+pass-through endpoints beside them, health, readiness and metrics."""
 
 from __future__ import annotations
 
-import copy
+import asyncio
+import dataclasses
+import functools
+import hmac
 import logging
 import time
 from collections.abc import Mapping
@@ -17,15 +21,26 @@ from aiohttp import web
 from reflex.entry import CachedEntry
 from reflex.settings import ResponseFormat
 from services.gateway import hit_format
-from services.gateway.cascade import CacheStatus, Lookup, fresh_completion_id
-from services.gateway.errors import ErrorKind, GatewayError, envelope, error_response
-from services.gateway.keys import RequestKeys, api_key_from_headers, tenant_id
-from services.gateway.protocol import parse_chat_request, wants_stream, wants_usage_chunk
+from services.gateway.cascade import OFFLOAD_BYTES, CacheStatus, Lookup
+from services.gateway.errors import (
+    BODY_READ_TIMED_OUT,
+    ErrorDialect,
+    ErrorKind,
+    GatewayError,
+    dialect_of,
+    envelope,
+    error_response,
+)
+from services.gateway.keys import AUTHORIZATION, X_API_KEY, Credential, RequestKeys, credential_from_headers, tenant_id
+from services.gateway.protocols import ParsedRequest, ProtocolAdapter, StreamAssembly, UpstreamName
 from services.gateway.state import STATE, GatewayState
-from services.gateway.streaming import StreamAssembler, is_cacheable, replay_events
-from services.gateway.upstream import passed_back_headers
+from services.gateway.upstream import UpstreamReply, passed_back_headers
 
 log = logging.getLogger("reflex.gateway")
+
+# (X-Reflex-Status, HTTP status) of a streamed answer once its headers are sent, for the request
+# counter when the client hangs up before the handler returns.
+SENT_STATUS = web.RequestKey("sent_status", tuple)
 
 # How long /ready waits for each backend's live check: a probe must answer well inside
 # Kubernetes' default 1 s timeout only when healthy; a hung backend is reported, not waited on.
@@ -66,19 +81,22 @@ def requested_format(headers: Mapping[str, str], default: ResponseFormat) -> Res
         return ResponseFormat(value)
     except ValueError:
         raise GatewayError(
-            ErrorKind.INVALID_REQUEST, "X-Reflex-Format must be 'tauq' or 'raw'", param="X-Reflex-Format"
+            ErrorKind.INVALID_REQUEST, "X-Reflex-Format must be 'auto', 'tauq' or 'raw'", param="X-Reflex-Format"
         ) from None
 
 
 @dataclass(slots=True)
-class ChatCall:
-    """One chat-completions request on its way through the gateway: what was asked, what the
-    cache found, and the X-Reflex-* headers the answer will carry, whichever way it is produced."""
+class ApiCall:
+    """One cacheable API request on its way through the gateway: the protocol it speaks, what
+    was asked, what the cache found, and the X-Reflex-* headers the answer will carry,
+    whichever way it is produced."""
 
     request: web.Request
     state: GatewayState
+    protocol: ProtocolAdapter
     body: bytes  # forwarded upstream byte for byte
-    chat: dict[str, Any]  # the parsed body
+    parsed: ParsedRequest
+    credential: Credential | None
     keys: RequestKeys
     mode: CacheMode
     format: ResponseFormat
@@ -87,22 +105,38 @@ class ChatCall:
 
     @property
     def stream(self) -> bool:
-        return wants_stream(self.chat)
+        return self.parsed.stream
 
     @property
     def store(self) -> bool:
-        return self.mode is not CacheMode.NO_STORE
+        return self.mode is not CacheMode.NO_STORE and self.parsed.cacheable
 
-    def store_answer(self, completion: dict[str, Any]) -> None:
-        """Write a complete answer in the background (the caller never waits for the cache)."""
-        if self.store:
-            self.state.spawn(self.state.cascade.store_answer(self.keys, completion, self.lookup.vector))
+    def store_answer(self, answer: dict[str, Any]) -> None:
+        """Write a complete answer in the background (the caller never waits for the cache).
+
+        An answer that calls tools goes to the exact tier only: the tool call is the model's
+        decision for this exact context (the files, the state of the work), and a reworded
+        request may well need another call or none, so it is never offered to L2."""
+        if not self.store:
+            return
+        semantic = not self.protocol.calls_tools(answer)
+        self.state.spawn(self.state.cascade.store_answer(self.keys, answer, self.lookup.vector, semantic=semantic))
 
 
-# ---------------------------------------------------------------------------- chat completions
+# ---------------------------------------------------------------------------- cacheable endpoints
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
+def api_handler(protocol: ProtocolAdapter):  # type: ignore[no-untyped-def]
+    """The handler of one protocol's cacheable endpoint (POST /v1/chat/completions, ...)."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await _handle(request, protocol)
+
+    handle.__name__ = f"handle_{protocol.name.replace('.', '_')}"
+    return handle
+
+
+async def _handle(request: web.Request, protocol: ProtocolAdapter) -> web.StreamResponse:
     state = request.app[STATE]
     try:
         body = await request.read()
@@ -110,17 +144,25 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise GatewayError(
             ErrorKind.BODY_TOO_LARGE, f"request body exceeds {state.settings.http.max_body_bytes} bytes"
         ) from None
-    chat = parse_chat_request(body)
+    parsed = protocol.with_headers(protocol.parse(body), request.headers)
+    if parsed.question is not None and len(parsed.question) > state.settings.l2.max_question_chars:
+        # a caller's input, not a backend failure: exact tier only, before any gRPC call
+        state.metrics.exact_only.labels("question_too_long").inc()
+        parsed = dataclasses.replace(parsed, question=None, context=b"")
     mode = cache_mode(request.headers)
     fmt = requested_format(request.headers, state.settings.cache.response_format)
-    tenant = tenant_id(api_key_from_headers(request.headers))
-    keys = RequestKeys.of(tenant, chat)
-    if mode is CacheMode.LOOKUP:
+    credential = credential_from_headers(request.headers, native=_native_credential(protocol))
+    tenant = tenant_id(credential.secret if credential is not None else None)
+    keys = RequestKeys.of(tenant, parsed)
+    if not parsed.cacheable:
+        state.metrics.not_cached.labels(parsed.uncacheable_reason or "uncacheable").inc()
+        lookup = Lookup(CacheStatus.BYPASS)
+    elif mode is CacheMode.LOOKUP:
         lookup = await state.cascade.lookup(keys)
     else:
         lookup = Lookup(CacheStatus.BYPASS)
-    call = ChatCall(request, state, body, chat, keys, mode, fmt, lookup,
-                    headers={"X-Reflex-Tenant": tenant, "X-Reflex-Lookup-Ms": f"{lookup.lookup_ms:.3f}"})
+    call = ApiCall(request, state, protocol, body, parsed, credential, keys, mode, fmt, lookup,
+                   headers={"X-Reflex-Tenant": tenant, "X-Reflex-Lookup-Ms": f"{lookup.lookup_ms:.3f}"})
     if lookup.entry is not None:
         return await _serve_hit(call, lookup.entry)
     call.headers["X-Reflex-Status"] = lookup.status
@@ -128,54 +170,68 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return await _forward(call)
     except GatewayError as exc:
         # upstream unreachable or timed out: still tell the caller what the cache did
-        return error_response(exc.kind, exc.message, param=exc.param, headers=call.headers)
+        return error_response(exc.kind, exc.message, param=exc.param, headers=call.headers, dialect=protocol.dialect)
 
 
-async def _serve_hit(call: ChatCall, entry: CachedEntry) -> web.StreamResponse:
-    state, lookup, headers = call.state, call.lookup, call.headers
-    completion = entry.completion
+def _native_credential(protocol: ProtocolAdapter) -> str:
+    return X_API_KEY if protocol.upstream is UpstreamName.ANTHROPIC else AUTHORIZATION
+
+
+async def _serve_hit(call: ApiCall, entry: CachedEntry) -> web.StreamResponse:
+    state, lookup, headers, protocol = call.state, call.lookup, call.headers, call.protocol
+    answer = entry.completion
     if lookup.status is CacheStatus.HIT_L3:
         # The cached answer was produced for another request: present it as an answer to
         # this one (its own model name, a new id), never as a copy of someone's response.
-        completion = copy.deepcopy(completion)
-        completion["model"] = call.chat["model"]
-        completion["id"] = fresh_completion_id()
-        completion["created"] = int(time.time())
+        answer = protocol.as_fresh_answer(answer, call.parsed)
         headers["X-Reflex-Similarity"] = f"{lookup.similarity:.4f}"
         headers["X-Reflex-Verifier-Score"] = f"{lookup.verifier_score:.4f}"
     try:
-        served, accounting = hit_format.format_hit(
-            completion, question=entry.question, request=call.chat, requested=call.format, stream=call.stream
-        )
+        present = functools.partial(hit_format.present_hit, protocol, answer, question=entry.question,
+                                    request=call.parsed, requested=call.format)
+        # a large answer is copied, counted and serialized off the event loop (see OFFLOAD_BYTES)
+        served, accounting = await asyncio.to_thread(present) if lookup.entry_bytes >= OFFLOAD_BYTES else present()
     except Exception:  # noqa: BLE001
         # A presentation bug must not turn a good hit into a 500: serve the answer as cached.
         log.exception("formatting a hit failed; serving it raw")
-        usage = completion.get("usage") or {}
-        saved = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
-        served, accounting = completion, hit_format.HitAccounting(ResponseFormat.RAW, saved, 0, "format_error")
+        served = answer
+        accounting = hit_format.HitAccounting(ResponseFormat.RAW, protocol.usage_tokens(answer), 0, "format_error")
     state.metrics.hits.labels(lookup.status, accounting.format.value, accounting.reason).inc()
     headers["X-Reflex-Status"] = lookup.status
+    headers["X-Reflex-Entry-Id"] = entry.entry_id
     headers["X-Reflex-Tokens-Saved"] = str(accounting.tokens_saved)
     headers["X-Reflex-Format-Delta"] = str(accounting.format_delta)
-    state.metrics.tokens_saved.labels(call.keys.tenant).inc(max(accounting.tokens_saved, 0))
+    state.metrics.tokens_saved.labels(state.metrics.tenant(call.keys.tenant)).inc(max(accounting.tokens_saved, 0))
     if accounting.format_delta:
         direction = "added" if accounting.format_delta > 0 else "saved"
-        state.metrics.format_delta.labels(call.keys.tenant, direction).inc(abs(accounting.format_delta))
+        state.metrics.format_delta.labels(state.metrics.tenant(call.keys.tenant), direction).inc(
+            abs(accounting.format_delta))
     if lookup.status is CacheStatus.HIT_L3:
         state.spawn(state.cascade.promote(call.keys, entry))
+    large = lookup.entry_bytes >= OFFLOAD_BYTES
     if not call.stream:
-        return web.json_response(served, dumps=lambda o: orjson.dumps(o).decode(), headers=headers)
+        body = await asyncio.to_thread(orjson.dumps, served) if large else orjson.dumps(served)
+        return web.Response(body=body, content_type="application/json", headers=headers)
+    def events() -> bytes:
+        return b"".join(protocol.replay(served, call.parsed))
+
+    data = await asyncio.to_thread(events) if large else events()
     response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(call.request)
-    await response.write(b"".join(replay_events(served, include_usage=wants_usage_chunk(call.chat))))
+    call.request[SENT_STATUS] = (lookup.status.value, response.status)
+    await response.write(data)
     await response.write_eof()
     return response
 
 
-async def _forward(call: ChatCall) -> web.StreamResponse:
-    """The one place a chat request goes upstream; the answer is relayed as it arrives."""
+async def _forward(call: ApiCall) -> web.StreamResponse:
+    """The one place a cacheable request goes upstream; the answer is relayed as it arrives."""
     started = time.perf_counter()
-    async with call.state.upstream.open("POST", "/chat/completions", body=call.body, headers=call.request.headers) as reply:
+    protocol = call.protocol
+    async with call.state.upstream.open(
+        protocol.upstream, "POST", protocol.upstream_path, body=call.body, headers=call.request.headers,
+        credential=call.credential, query=call.request.query_string, stream=call.stream,
+    ) as reply:
         if call.stream:
             response = await _relay_stream(call, reply, started)
         else:
@@ -184,14 +240,14 @@ async def _forward(call: ChatCall) -> web.StreamResponse:
     return response
 
 
-async def _relay_body(call: ChatCall, reply: aiohttp.ClientResponse) -> web.StreamResponse:
+async def _relay_body(call: ApiCall, reply: UpstreamReply) -> web.StreamResponse:
     data = await reply.read()
     content_type = reply.headers.get("Content-Type", "application/json")
     response = web.Response(
         status=reply.status, body=data,
         headers={**passed_back_headers(reply.headers), **call.headers, "Content-Type": content_type},
     )
-    completion = _cacheable_body(reply.status, data, call.state) if call.store else None
+    answer = _cacheable_body(call, reply.status, data) if call.store else None
     # Send first, then write the cache entry: the caller never waits for the cache. The
     # write is spawned even if the caller hangs up while the last bytes go out (the
     # handler is then cancelled): the provider's answer was complete and is paid for.
@@ -199,27 +255,31 @@ async def _relay_body(call: ChatCall, reply: aiohttp.ClientResponse) -> web.Stre
         await response.prepare(call.request)
         await response.write_eof()
     finally:
-        if completion is not None:
-            call.store_answer(completion)
+        if answer is not None:
+            call.store_answer(answer)
     return response
 
 
-def _cacheable_body(status: int, data: bytes, state: GatewayState) -> dict[str, Any] | None:
+def _cacheable_body(call: ApiCall, status: int, data: bytes) -> dict[str, Any] | None:
+    metrics = call.state.metrics
     if status != 200:
-        state.metrics.not_cached.labels("status").inc()
+        metrics.not_cached.labels("status").inc()
+        return None
+    if len(data) > call.state.settings.cache.max_cacheable_bytes:
+        metrics.not_cached.labels("too_large").inc()
         return None
     try:
-        completion = orjson.loads(data)
+        answer = orjson.loads(data)
     except orjson.JSONDecodeError:
-        state.metrics.not_cached.labels("unreadable").inc()
+        metrics.not_cached.labels("unreadable").inc()
         return None
-    if not isinstance(completion, dict) or not is_cacheable(completion):
-        state.metrics.not_cached.labels("finish_reason").inc()
+    if not isinstance(answer, dict) or not call.protocol.is_complete(answer):
+        metrics.not_cached.labels("finish_reason").inc()
         return None
-    return completion
+    return answer
 
 
-async def _relay_stream(call: ChatCall, reply: aiohttp.ClientResponse, started: float) -> web.StreamResponse:
+async def _relay_stream(call: ApiCall, reply: UpstreamReply, started: float) -> web.StreamResponse:
     state = call.state
     content_type = reply.headers.get("Content-Type", "")
     if reply.status != 200 or not content_type.startswith("text/event-stream"):
@@ -241,57 +301,122 @@ async def _relay_stream(call: ChatCall, reply: aiohttp.ClientResponse, started: 
         }
     )
     await response.prepare(call.request)
-    assembler = StreamAssembler()
+    call.request[SENT_STATUS] = (call.lookup.status.value, response.status)
+    assembler = call.protocol.assembler()
     decided = False
+    relayed, cap = 0, state.settings.cache.max_cacheable_bytes
     try:
         async for data in reply.iter_chunks():
-            assembler.feed(data)
+            relayed += len(data)
+            if relayed <= cap:
+                _watch(assembler, data)
+            elif not decided:
+                # past the largest cacheable answer: relay the rest, assemble (and store) nothing
+                decided = True
+                state.metrics.not_cached.labels("too_large").inc()
             try:
                 await response.write(data)
             finally:
-                # SDKs hang up as soon as they read [DONE], which cancels this handler
+                # SDKs hang up as soon as they read the end event, which cancels this handler
                 # (handler_cancellation): decide about caching before that can happen.
                 if assembler.done and not decided:
                     decided = True
                     _store_stream(call, assembler)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        # Headers are gone already: tell the client in-band (the OpenAI SDK raises on an
-        # error event) and end the stream without [DONE]. Nothing is cached.
+    except ConnectionError:
+        # The caller hung up while we wrote (aiohttp's ClientConnectionResetError is also a
+        # ClientError, so this clause must come first): no upstream failure, nothing more can
+        # be written, and aiohttp closes the connection quietly once the handler returns.
+        return response
+    except (aiohttp.ClientError, TimeoutError, GatewayError) as exc:
+        # Headers are gone already: tell the client in-band (the SDKs raise on an error
+        # event) and end the stream without its end marker. Nothing is cached.
         log.warning("upstream stream broke after %.1f s: %s", time.perf_counter() - started, type(exc).__name__)
         state.metrics.not_cached.labels("interrupted").inc()
-        kind = ErrorKind.UPSTREAM_TIMEOUT if isinstance(exc, TimeoutError) else ErrorKind.UPSTREAM_UNREACHABLE
-        await response.write(b"data: " + envelope(kind, "the upstream stream was interrupted") + b"\n\n")
+        timed_out = isinstance(exc, TimeoutError) or (
+            isinstance(exc, GatewayError) and exc.kind is ErrorKind.UPSTREAM_TIMEOUT)
+        kind = ErrorKind.UPSTREAM_TIMEOUT if timed_out else ErrorKind.UPSTREAM_UNREACHABLE
+        await response.write(_stream_error(call.protocol, kind, "the upstream stream was interrupted"))
+        await response.write_eof()
+        return response
+    except asyncio.CancelledError:
+        raise  # the caller left: nothing more can be written
+    except Exception:  # noqa: BLE001
+        # A bug of ours after the headers went out: a second response written into this one
+        # would corrupt the stream, so end it in-band, like an upstream failure. Not cached.
+        log.exception("relaying a stream failed")
+        state.metrics.not_cached.labels("relay_error").inc()
+        await response.write(_stream_error(call.protocol, ErrorKind.INTERNAL, "the gateway failed relaying the stream"))
         await response.write_eof()
         return response
     if not assembler.done:
-        # the upstream closed cleanly but without [DONE]: a truncated answer
+        # the upstream closed cleanly but without its end marker: a truncated answer
         state.metrics.not_cached.labels("incomplete_stream").inc()
     await response.write_eof()
     return response
 
 
-def _store_stream(call: ChatCall, assembler: StreamAssembler) -> None:
+def _watch(assembler: StreamAssembly, data: bytes) -> None:
+    """Let the assembler see relayed bytes. Whatever it makes of them, the bytes are relayed:
+    an assembler that cannot follow a stream only means the answer is not cached."""
+    try:
+        assembler.feed(data)
+    except Exception:  # noqa: BLE001 - a watcher's bug must never break the client's stream
+        log.exception("stream assembler failed; the answer will not be cached")
+        assembler.broken = True  # type: ignore[attr-defined]
+
+
+def _stream_error(protocol: ProtocolAdapter, kind: ErrorKind, message: str) -> bytes:
+    return protocol.stream_error(kind, message)
+
+
+def _store_stream(call: ApiCall, assembler: StreamAssembly) -> None:
     if not call.store:
         return
-    completion = assembler.completion()
-    if completion is None:
+    answer = assembler.answer()
+    if answer is None:
         call.state.metrics.not_cached.labels("finish_reason").inc()
     else:
-        call.store_answer(completion)
+        call.store_answer(answer)
 
 
-# ---------------------------------------------------------------------------- other endpoints
+# ---------------------------------------------------------------------------- pass-through endpoints
 
 
-async def list_models(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    async with state.upstream.open("GET", "/models", body=None, headers=request.headers) as reply:
-        data = await reply.read()
-        return web.Response(
-            status=reply.status,
-            body=data,
-            headers={**passed_back_headers(reply.headers), "Content-Type": reply.headers.get("Content-Type", "application/json")},
-        )
+def passthrough(provider: UpstreamName, upstream_prefix: str, dialect: ErrorDialect):  # type: ignore[no-untyped-def]
+    """A handler that relays any method on a path below ``upstream_prefix`` to ``provider``
+    untouched and never caches it (count_tokens, stored responses, model lists, ...)."""
+    native = X_API_KEY if provider is UpstreamName.ANTHROPIC else AUTHORIZATION
+
+    async def relay(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        tail = request.match_info.get("tail", "")
+        path = upstream_prefix + (f"/{tail}" if tail else "")
+        body = await request.read() if request.body_exists else None
+        credential = credential_from_headers(request.headers, native=native)
+        async with state.upstream.open(
+            provider, request.method, path, body=body, headers=request.headers, credential=credential,
+            query=request.query_string,
+        ) as reply:
+            content_type = reply.headers.get("Content-Type", "application/json")
+            headers = {**passed_back_headers(reply.headers), "Content-Type": content_type, "X-Reflex-Status": "bypass"}
+            if not content_type.startswith("text/event-stream"):
+                return web.Response(status=reply.status, body=await reply.read(), headers=headers)
+            response = web.StreamResponse(status=reply.status, headers=headers)
+            await response.prepare(request)
+            async for data in reply.iter_chunks():
+                await response.write(data)
+            await response.write_eof()
+            return response
+
+    relay.__name__ = f"passthrough_{provider.value}"
+    return relay
+
+
+async def list_models(request: web.Request) -> web.StreamResponse:
+    """GET /v1/models: Anthropic's list for a caller that speaks Anthropic's headers, else OpenAI's."""
+    if "anthropic-version" in request.headers:
+        return await passthrough(UpstreamName.ANTHROPIC, "/v1/models", ErrorDialect.ANTHROPIC)(request)
+    return await passthrough(UpstreamName.OPENAI, "/models", ErrorDialect.OPENAI)(request)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -310,6 +435,12 @@ async def ready(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    token = state.settings.http.metrics_token
+    if token is not None:
+        # Prometheus sends it as `authorization: {credentials: ...}` (bearer) in a scrape config
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+            return error_response(ErrorKind.UNAUTHORIZED, "metrics need the bearer token REFLEX_METRICS_TOKEN")
     return web.Response(body=state.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
@@ -318,8 +449,17 @@ async def metrics(request: web.Request) -> web.Response:
 
 @web.middleware
 async def count_requests(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    response = await handler(request)
-    if request.path == "/v1/chat/completions":
+    counted = request.method == "POST" and request.path in request.app[STATE].cacheable_paths
+    try:
+        response = await handler(request)
+    except asyncio.CancelledError:
+        # Agents hang up as soon as they read a stream's end event, which cancels the handler
+        # (handler_cancellation) before it returns: count what it had already sent.
+        if counted:
+            status, code = request.get(SENT_STATUS, ("cancelled", 499))
+            request.app[STATE].metrics.requests.labels(status, str(code)).inc()
+        raise
+    if counted:
         request.app[STATE].metrics.requests.labels(
             response.headers.get("X-Reflex-Status", "error"), str(response.status)
         ).inc()
@@ -328,13 +468,26 @@ async def count_requests(request: web.Request, handler):  # type: ignore[no-unty
 
 @web.middleware
 async def bound_inflight(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    """Fail fast past REFLEX_MAX_INFLIGHT instead of queueing without bound."""
+    """Fail fast past REFLEX_MAX_INFLIGHT instead of queueing without bound.
+
+    The body is read first, within REFLEX_BODY_READ_TIMEOUT_SECS, and only then is a slot
+    taken: a client that sends its headers and then trickles (or never sends) the body must
+    not hold a slot, or a few hundred such sockets lock every other caller out.
+    """
     if not request.path.startswith("/v1/"):
         return await handler(request)
     state = request.app[STATE]
+    if request.can_read_body:
+        try:
+            # aiohttp keeps what it read: the handler's own request.read() returns it
+            await asyncio.wait_for(request.read(), state.settings.http.body_read_timeout_secs)
+        except TimeoutError:
+            request[BODY_READ_TIMED_OUT] = True
+            raise
     if state.inflight >= state.settings.http.max_inflight:
         return error_response(
-            ErrorKind.OVERLOADED, "the gateway is at its concurrency limit; retry shortly", headers={"Retry-After": "1"}
+            ErrorKind.OVERLOADED, "the gateway is at its concurrency limit; retry shortly", headers={"Retry-After": "1"},
+            dialect=dialect_of(request.path),
         )
     state.inflight += 1
     try:
@@ -343,8 +496,14 @@ async def bound_inflight(request: web.Request, handler):  # type: ignore[no-unty
         state.inflight -= 1
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/chat/completions", chat_completions)
+def add_routes(app: web.Application, protocols: tuple[ProtocolAdapter, ...]) -> None:
+    for protocol in protocols:
+        app.router.add_post(protocol.route, api_handler(protocol))
+    # Everything else under the protocols' paths goes upstream untouched and is never cached.
+    app.router.add_route("*", "/v1/messages/{tail:.+}", passthrough(UpstreamName.ANTHROPIC, "/v1/messages",
+                                                                     ErrorDialect.ANTHROPIC))
+    app.router.add_route("*", "/v1/responses/{tail:.+}", passthrough(UpstreamName.OPENAI, "/responses",
+                                                                      ErrorDialect.OPENAI))
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/ready", ready)

@@ -1,6 +1,12 @@
-"""How a cache hit's content is presented (Tauq envelope or raw), and what the hit saved.
+"""How a cache hit's content is presented (raw, or a Tauq envelope), and what the hit saved.
 
-``tauq`` replaces each choice's assistant content with a small Tauq document::
+``auto`` (the default) serves the envelope only where it measurably saves tokens against the
+raw content, which in practice means answers that are JSON: prose, code and edit blocks reach
+the client exactly as the provider wrote them, because a coding agent parses its answers
+(Aider's SEARCH/REPLACE blocks, for one, must arrive intact). ``raw`` never wraps; ``tauq``
+always does where the content is plain text. The envelope is the same in every protocol: it
+replaces each prose text of the answer (a chat choice's content, an Anthropic text block, a
+Responses output_text) with a small Tauq document::
 
     semantic_request "How do I centre a div?"      # the cached question that was matched
     response {
@@ -30,17 +36,22 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from reflex import tokens
 from reflex.settings import ResponseFormat
 from reflex.tauq import TauqError, dumps
+from services.gateway.protocols.base import HitReason, ParsedRequest, ProtocolAdapter
+from services.gateway.protocols.openai_chat import ChatCompletions
 
 # Why a hit was served as it was (a bounded set: usable as a metric label).
-REASON_TAUQ = "tauq"
-REASON_REQUESTED_RAW = "requested_raw"
-REASON_JSON_OUTPUT = "json_output"
-REASON_LOGPROBS = "logprobs"
-REASON_TOOL_CALLS = "tool_calls"
-REASON_NOT_TEXT = "not_text"
+REASON_TAUQ = HitReason.TAUQ
+REASON_REQUESTED_RAW = HitReason.REQUESTED_RAW
+REASON_JSON_OUTPUT = HitReason.JSON_OUTPUT
+REASON_LOGPROBS = HitReason.LOGPROBS
+REASON_TOOL_CALLS = HitReason.TOOL_CALLS
+REASON_NOT_TEXT = HitReason.NOT_TEXT
+REASON_AUTO_RAW = HitReason.AUTO_RAW
 
 # Longest matched question repeated in full in the envelope (characters): about 250 tokens
 # of English. Longer ones keep their first two thirds and last third around QUESTION_CUT_MARK:
@@ -48,8 +59,6 @@ REASON_NOT_TEXT = "not_text"
 QUESTION_MAX_CHARS = 1000
 QUESTION_CUT_MARK = " [...] "
 
-_JSON_OUTPUT_TYPES = frozenset({"json_object", "json_schema"})
-_CALL_FINISH_REASONS = frozenset({"tool_calls", "function_call"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +69,62 @@ class HitAccounting:
     reason: str = REASON_TAUQ  # why this format (one of the REASON_* values)
 
 
+def present_hit(
+    protocol: ProtocolAdapter,
+    answer: dict[str, Any],
+    *,
+    question: str | None,
+    request: ParsedRequest,
+    requested: ResponseFormat,
+) -> tuple[dict[str, Any], HitAccounting]:
+    """Return a copy of ``answer`` whose prose is presented in the format to serve, plus the
+    token accounting for the X-Reflex-Tokens-Saved / -Format-Delta headers.
+
+    ``auto`` serves the Tauq envelope only when it is shorter than the raw content (a JSON
+    answer, typically); prose, code and edit blocks reach the client untouched.
+    """
+    served = copy.deepcopy(answer)
+    saved = tokens_saved(protocol, answer, request)
+    if requested is ResponseFormat.RAW:
+        return served, HitAccounting(ResponseFormat.RAW, saved, 0, REASON_REQUESTED_RAW)
+    reason = protocol.raw_reason(answer, request)
+    if reason is not None:
+        return served, HitAccounting(ResponseFormat.RAW, saved, 0, reason)
+    slots = list(protocol.text_slots(served))
+    if not slots:
+        return served, HitAccounting(ResponseFormat.RAW, saved, 0, REASON_NOT_TEXT)
+    if requested is ResponseFormat.AUTO:
+        return _auto(served, slots, question, saved)
+    delta = 0
+    for raw, set_text in slots:
+        document = envelope(question, raw)
+        delta += tokens.count_tokens(document) - tokens.count_tokens(raw)
+        set_text(document)
+    return served, HitAccounting(ResponseFormat.TAUQ, saved, delta, REASON_TAUQ)
+
+
+def _auto(
+    served: dict[str, Any], slots: list[tuple[str, Any]], question: str | None, saved: int
+) -> tuple[dict[str, Any], HitAccounting]:
+    """Each text on its own: the envelope where it is shorter than the raw text, which only a
+    JSON answer can be (prose and code stay one quoted string plus the matched question, so
+    they are not even tokenized: the common hit costs nothing here)."""
+    delta = 0
+    wrapped = False
+    for raw, set_text in slots:
+        if _json_answer(raw) is None:
+            continue
+        document = envelope(question, raw)
+        gain = tokens.count_tokens(document) - tokens.count_tokens(raw)
+        if gain < 0:
+            set_text(document)
+            delta += gain
+            wrapped = True
+    if not wrapped:
+        return served, HitAccounting(ResponseFormat.RAW, saved, 0, REASON_AUTO_RAW)
+    return served, HitAccounting(ResponseFormat.TAUQ, saved, delta, REASON_TAUQ)
+
+
 def format_hit(
     completion: dict[str, Any],
     *,
@@ -68,25 +133,15 @@ def format_hit(
     requested: ResponseFormat,
     stream: bool,
 ) -> tuple[dict[str, Any], HitAccounting]:
-    """Return a copy of ``completion`` whose message contents are presented in the format to
-    serve, plus the token accounting for the X-Reflex-Tokens-Saved / -Format-Delta headers.
+    """``present_hit`` for a chat completion and its chat request (the body as a dict).
 
     ``stream`` does not change the decision (see the module docstring); it is part of the
     signature so that a stream-specific rule has one place to live.
     """
-    served = copy.deepcopy(completion)
-    saved = tokens_saved(completion, request)
-    reason = _raw_reason(completion, request, requested)
-    if reason is not None:
-        return served, HitAccounting(ResponseFormat.RAW, saved, 0, reason)
-    delta = 0
-    for choice in served["choices"]:
-        message = choice["message"]
-        raw = message["content"]
-        document = envelope(question, raw)
-        message["content"] = document
-        delta += tokens.count_tokens(document) - tokens.count_tokens(raw)
-    return served, HitAccounting(ResponseFormat.TAUQ, saved, delta, REASON_TAUQ)
+    chat = ChatCompletions()
+    parsed = ParsedRequest(protocol=chat.name, body=request, model=str(request.get("model", "")),
+                           stream=stream, canonical=b"")
+    return present_hit(chat, completion, question=question, request=parsed, requested=requested)
 
 
 def envelope(question: str | None, content: str) -> str:
@@ -140,39 +195,24 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _raw_reason(completion: dict[str, Any], request: dict[str, Any], requested: ResponseFormat) -> str | None:
-    if requested != ResponseFormat.TAUQ:
-        return REASON_REQUESTED_RAW
-    response_format = request.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") in _JSON_OUTPUT_TYPES:
-        return REASON_JSON_OUTPUT
-    if request.get("logprobs") or request.get("top_logprobs"):
-        return REASON_LOGPROBS
-    choices = completion.get("choices")
-    if not isinstance(choices, list) or not choices:
-        return REASON_NOT_TEXT
-    for choice in choices:
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if not isinstance(message, dict):
-            return REASON_NOT_TEXT
-        calls = message.get("tool_calls") or message.get("function_call")
-        if calls or choice.get("finish_reason") in _CALL_FINISH_REASONS:
-            return REASON_TOOL_CALLS
-        if not isinstance(message.get("content"), str):
-            return REASON_NOT_TEXT
-        if choice.get("logprobs"):
-            return REASON_LOGPROBS
-    return None
+def tokens_saved(protocol: ProtocolAdapter, answer: dict[str, Any], request: ParsedRequest) -> int:
+    """Input plus output tokens the provider did not bill for this hit.
 
-
-def tokens_saved(completion: dict[str, Any], request: dict[str, Any]) -> int:
-    """Prompt plus completion tokens the provider did not bill for this hit.
-
-    The provider's own ``usage`` of the cached call when it has the figure; otherwise an
-    o200k_base count: the prompt from this request's messages, the completion from the
-    cached answer. (For a semantic hit the cached prompt is another wording of this one, so
-    its count is close to, not equal to, what this request would have cost.)
+    The provider's own usage of the cached call when it has the figure; otherwise an
+    o200k_base count: the prompt from this request, the answer from its text. (For a semantic
+    hit the cached prompt is another wording of this one, so its count is close to, not equal
+    to, what this request would have cost.)
     """
+    if protocol.name != ChatCompletions.name:
+        billed = protocol.usage_tokens(answer)
+        if billed:
+            return billed
+        texts = "".join(text for text, _ in protocol.text_slots(copy.deepcopy(answer)))
+        return tokens.count_tokens(orjson.dumps(request.body).decode()) + tokens.count_tokens(texts)
+    return _chat_tokens_saved(answer, request.body)
+
+
+def _chat_tokens_saved(completion: dict[str, Any], request: dict[str, Any]) -> int:
     usage = completion.get("usage")
     usage = usage if isinstance(usage, dict) else {}
     prompt = _count(usage.get("prompt_tokens"))

@@ -1,35 +1,59 @@
-"""Who is asking (tenant), what exactly they ask (L1 key), and in which context (L2 filter).
+"""Who is asking (tenant, from the one credential used), what exactly they ask (L1 key), and in
+which context (L2 scope).
 
 All three are blake3 hashes, so raw API keys and prompts never become identifiers.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-import orjson
 from blake3 import blake3
 
 from reflex.tiers import L2Scope
+from services.gateway.protocols.base import ParsedRequest
 
 ANONYMOUS_TENANT = "anonymous"
 
-# Fields that do not change the answer: a streaming and a non-streaming request with the
-# same content share one entry, and per-end-user tags do not split the cache.
-NON_SEMANTIC_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "store"})
+AUTHORIZATION = "Authorization"
+X_API_KEY = "x-api-key"
 
 
-def api_key_from_headers(headers: Mapping[str, str]) -> str | None:
-    """OpenAI's ``Authorization: Bearer <key>``, else Anthropic-style ``x-api-key``."""
-    auth = headers.get("Authorization", "")
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    key = headers.get("x-api-key", "").strip()
-    return key or None
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """The one credential a request is filed under, and the only one forwarded upstream."""
+
+    header: str  # AUTHORIZATION or X_API_KEY
+    value: str  # the header's value as sent (forwarded as it is)
+    secret: str  # what identifies the tenant: a Bearer token, or the whole value otherwise
+
+
+def credential_from_headers(headers: Mapping[str, str], *, native: str = AUTHORIZATION) -> Credential | None:
+    """The caller's credential: any non-empty ``Authorization`` or ``x-api-key``.
+
+    Any credential identifies a tenant, whatever its scheme (``Bearer``, ``Token``, ``Basic``, a
+    tab instead of a space): only a request that sends none is anonymous, so a credential the
+    gateway does not understand can never file an answer where keyless callers read it. When
+    both headers are sent, the protocol's own one wins (``Authorization`` for the OpenAI APIs,
+    ``x-api-key`` for Anthropic's), and the other is neither used nor forwarded.
+    """
+    order = (native, X_API_KEY if native == AUTHORIZATION else AUTHORIZATION)
+    for header in order:
+        value = headers.get(header, "").strip()
+        if not value:
+            continue
+        scheme, *token = value.split(None, 1)  # any whitespace separates scheme and token
+        if header == AUTHORIZATION and scheme.lower() == "bearer" and token:
+            return Credential(header, value, token[0].strip())
+        return Credential(header, value, value)
+    return None
+
+
+def api_key_from_headers(headers: Mapping[str, str], *, native: str = AUTHORIZATION) -> str | None:
+    """The secret that names the caller's tenant (see credential_from_headers), or None."""
+    credential = credential_from_headers(headers, native=native)
+    return credential.secret if credential is not None else None
 
 
 def tenant_id(api_key: str | None) -> str:
@@ -39,72 +63,15 @@ def tenant_id(api_key: str | None) -> str:
     return blake3(api_key.encode("utf-8")).hexdigest()
 
 
-def canonical_request(request: Mapping[str, Any]) -> bytes:
-    """Sorted-key JSON of the request without the non-semantic fields."""
-    kept = {k: v for k, v in request.items() if k not in NON_SEMANTIC_FIELDS}
-    return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
-
-
-def l1_key(tenant: str, canonical: bytes) -> str:
-    # The tenant is length-prefixed so that no (tenant, request) pair can collide with another
-    # by moving bytes across the boundary.
+def l1_key(tenant: str, protocol: str, canonical: bytes) -> str:
+    # The tenant and the protocol are length-prefixed so that no (tenant, protocol, request)
+    # triple can collide with another by moving bytes across a boundary.
     h = blake3(len(tenant).to_bytes(4, "big"))
     h.update(tenant.encode("utf-8"))
+    h.update(len(protocol).to_bytes(4, "big"))
+    h.update(protocol.encode("utf-8"))
     h.update(canonical)
     return h.hexdigest()
-
-
-def _text_of(content: Any) -> str | None:
-    """The text of a message's content: the string itself, or its text parts joined."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = [
-            part["text"]
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
-        ]
-        return "\n".join(texts) if texts else None
-    return None
-
-
-def semantic_question(request: Mapping[str, Any]) -> str | None:
-    """The last user message's text when the request may use L2/L3, else None.
-
-    Coding agents often end a conversation with a tool result or an assistant prefill; the
-    answer then depends on that message, which is not a question we can paraphrase-match,
-    so such requests (and empty or whitespace-only text) are served by L1 alone.
-    """
-    messages = request.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return None
-    last = messages[-1]
-    if not isinstance(last, dict) or last.get("role") != "user":
-        return None
-    text = _text_of(last.get("content"))
-    if text is None or not text.strip():
-        return None
-    return text
-
-
-def context_hash(request: Mapping[str, Any]) -> str:
-    """blake3 of the canonical request with the text of the last user message removed.
-
-    Everything else — model, system prompt, earlier turns, tools, tool_choice,
-    response_format, sampling parameters, and any non-text parts of the last message such
-    as images — stays in, so L2 only ever compares questions asked in the same context.
-    """
-    stripped = {k: v for k, v in request.items() if k not in NON_SEMANTIC_FIELDS}
-    messages = copy.deepcopy(stripped.get("messages"))
-    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
-        last = messages[-1]
-        content = last.get("content")
-        if isinstance(content, str):
-            last["content"] = ""
-        elif isinstance(content, list):
-            last["content"] = [p for p in content if not (isinstance(p, dict) and p.get("type") == "text")]
-        stripped["messages"] = messages
-    return blake3(orjson.dumps(stripped, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,14 +85,13 @@ class RequestKeys:
     context_hash: str | None  # computed only when eligible
 
     @classmethod
-    def of(cls, tenant: str, request: Mapping[str, Any]) -> "RequestKeys":
-        question = semantic_question(request)
+    def of(cls, tenant: str, request: ParsedRequest) -> "RequestKeys":
         return cls(
             tenant=tenant,
-            model=str(request["model"]),
-            l1_key=l1_key(tenant, canonical_request(request)),
-            question=question,
-            context_hash=context_hash(request) if question is not None else None,
+            model=request.model,
+            l1_key=l1_key(tenant, request.protocol, request.canonical),
+            question=request.question,
+            context_hash=blake3(request.context).hexdigest() if request.question is not None else None,
         )
 
     @property

@@ -13,9 +13,16 @@ from reflex.settings import GatewaySettings
 from reflex.signals import stop_event
 from reflex.tiers import Embedder, L2Store, Verifier
 from services.gateway.app import create_app
+from services.gateway.http_server import GatewayRunner
+from services.gateway.lifecycle import LIFECYCLE
 from services.gateway.state import STATE
 
 log = logging.getLogger("reflex.gateway")
+
+# Idle keep-alive connections are closed after this long: longer than the agents' pauses
+# between calls in one task (so they reuse connections), short enough that abandoned sockets
+# do not pile up.
+KEEPALIVE_TIMEOUT_SECS = 75.0
 
 
 class GatewayServer:
@@ -40,10 +47,13 @@ class GatewayServer:
         return f"http://{self.settings.http.bind_addr}:{self.port}"
 
     async def start(self) -> int:
-        self._runner = web.AppRunner(
+        self._runner = GatewayRunner(
             self.app,
+            header_read_timeout=self.settings.http.header_read_timeout_secs,
             # a caller that hangs up cancels its handler, and with it the upstream call
             handler_cancellation=True,
+            # an idle keep-alive connection is closed after this (aiohttp's default is an hour)
+            keepalive_timeout=KEEPALIVE_TIMEOUT_SECS,
             shutdown_timeout=self.settings.http.shutdown_grace_secs,
             # per-request access lines cost a measurable share of an L1 hit; /metrics counts requests
             access_log=None,
@@ -54,6 +64,18 @@ class GatewayServer:
         self.port = int(self._runner.addresses[0][1])
         log.info("gateway listening on %s", self.url)
         return self.port
+
+    async def wait_for_stop(self, stop: asyncio.Event) -> str:
+        """Until ``stop`` is set (a signal) or the gateway asks to stop by itself (idle timeout);
+        returns why, for the log line."""
+        own = self.app[LIFECYCLE].stop_requested
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(own.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        return self.app[LIFECYCLE].stop_reason if own.is_set() and not stop.is_set() else "signal received"
 
     async def flush(self) -> None:
         """Wait for in-flight requests and their cache writes (tests and benchmarks use it)."""
@@ -72,8 +94,10 @@ async def _run_until_signalled(settings: GatewaySettings) -> None:
     stop = stop_event()
     server = GatewayServer(settings)
     await server.start()
-    await stop.wait()
-    log.info("signal received: draining for up to %.0f s", settings.http.shutdown_grace_secs)
+    reason = await server.wait_for_stop(stop)
+    # then: in-flight requests drain, pending cache writes finish, and a snapshot is written when
+    # a location is configured (services/gateway/lifecycle.py)
+    log.info("%s: draining for up to %.0f s", reason, settings.http.shutdown_grace_secs)
     await server.stop()
 
 

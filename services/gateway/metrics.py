@@ -3,7 +3,7 @@ several apps in one test process never share counters)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # Lookups are sub-millisecond on L1 and tens of milliseconds with the models; upstream calls
 # take seconds. Two bucket sets keep both readable.
@@ -11,9 +11,19 @@ _LOOKUP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 _UPSTREAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
+# The label every tenant past the cap shares (see GatewayMetrics.tenant).
+OTHER_TENANTS = "other"
+
+
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, max_tenant_series: int = 50) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Per-tenant series are bounded: each new tenant id would otherwise add series forever
+        # (5,000 keys made a 2.7 MB page). The first max_tenant_series tenants seen keep their
+        # own label, every later one is counted under OTHER_TENANTS; 0 labels them all so. The
+        # admin stats endpoint has the per-tenant detail without that bound.
+        self._max_tenant_series = max_tenant_series
+        self._labelled_tenants: set[str] = set()
         self.requests = Counter(
             "reflex_gateway_requests",
             "Chat-completion requests by cache status (X-Reflex-Status, or 'error') and HTTP code.",
@@ -52,6 +62,12 @@ class GatewayMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.exact_only = Counter(
+            "reflex_gateway_exact_only",
+            "Requests with a question that were kept out of the semantic tiers, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.hits = Counter(
             "reflex_gateway_hits",
             "Cache hits by tier (X-Reflex-Status), format served and why that format.",
@@ -84,6 +100,62 @@ class GatewayMetrics:
             buckets=tuple(i / 10 for i in range(1, 11)),
             registry=self.registry,
         )
+
+        # ---- lifecycle and administration (services/gateway/lifecycle.py, admin.py)
+        self.tenant_requests = Counter(
+            "reflex_gateway_tenant_requests",
+            "Cacheable requests per tenant (a blake3 id) by cache status: the hit rate by tier and tenant.",
+            ["tenant", "status"],
+            registry=self.registry,
+        )
+        self.invalidated = Counter(
+            "reflex_gateway_invalidated_entries",
+            "Entries removed by the admin API, tenant self-service or a tenant cap, by tier and reason "
+            "(delete, invalidate, tenant, cap).",
+            ["tier", "reason"],
+            registry=self.registry,
+        )
+        self.evictions = Counter(
+            "reflex_gateway_tenant_evictions",
+            "L2 entries evicted (oldest first) because a tenant passed a cap, by which cap (entries, bytes).",
+            ["cap"],
+            registry=self.registry,
+        )
+        self.snapshots = Counter(
+            "reflex_gateway_snapshots",
+            "Snapshots written (create) and read (restore) by result (ok, failed, refused, skipped).",
+            ["op", "result"],
+            registry=self.registry,
+        )
+        self.snapshot_seconds = Histogram(
+            "reflex_gateway_snapshot_seconds",
+            "Time to write (create) or read and apply (restore) one snapshot.",
+            ["op"],
+            buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+            registry=self.registry,
+        )
+        self.snapshot_bytes = Gauge(
+            "reflex_gateway_snapshot_bytes", "Size of the last snapshot written or restored.", registry=self.registry
+        )
+        self.snapshot_points = Gauge(
+            "reflex_gateway_snapshot_entries", "Entries in the last snapshot written or restored, by tier.",
+            ["tier"], registry=self.registry,
+        )
+        self.last_request = Gauge(
+            "reflex_gateway_last_api_request_timestamp_seconds",
+            "Unix time of the last API request (health, readiness and metrics excluded); idle shutdown "
+            "counts from it.",
+            registry=self.registry,
+        )
+
+    def tenant(self, tenant: str) -> str:
+        """The label value for ``tenant``: its id while under the cap, else OTHER_TENANTS."""
+        if tenant in self._labelled_tenants:
+            return tenant
+        if len(self._labelled_tenants) < self._max_tenant_series:
+            self._labelled_tenants.add(tenant)
+            return tenant
+        return OTHER_TENANTS
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

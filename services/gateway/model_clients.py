@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from reflex.embedder.v1 import embedder_pb2, embedder_pb2_grpc
+from reflex import keepalive
 from reflex.settings import ModelClientSettings
 from reflex.tiers import TierUnavailable
 from reflex.verifier.v1 import verifier_pb2, verifier_pb2_grpc
@@ -47,9 +48,9 @@ _CHANNEL_OPTIONS: tuple[tuple[str, object], ...] = (
     ("grpc.max_reconnect_backoff_ms", 2000),
     # Re-resolve DNS (new pods behind a headless Service) at most every 5 s, not every 30 s.
     ("grpc.dns_min_time_between_resolutions_ms", 5000),
-    # Keepalive finds a dead peer (a node gone without a FIN) on an idle channel.
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
+    # Keepalive finds a dead peer (a node gone without a FIN) on an idle channel; the model
+    # servers permit exactly these pings (reflex/keepalive.py).
+    *keepalive.client_options(),
 )
 
 # gRPC status -> TierUnavailable.reason (low-cardinality metric label on the gateway side).

@@ -29,6 +29,8 @@ class GatewayState:
     cascade: Cascade
     upstream: Upstream
     metrics: GatewayMetrics
+    # the paths of the cacheable endpoints, one per protocol (request metrics count these)
+    cacheable_paths: frozenset[str] = frozenset()
     inflight: int = 0
     draining: bool = False
     _background: set[asyncio.Task[None]] = field(default_factory=set)

@@ -1,7 +1,9 @@
-"""The upstream provider: any OpenAI-compatible endpoint, or a deterministic local mock.
+"""The upstream providers (an OpenAI-compatible base URL and an Anthropic one), or a
+deterministic local mock.
 
-Requests are forwarded untouched (the body bytes the caller sent), with the caller's key
-unless ``REFLEX_UPSTREAM_API_KEY`` holds a central one. Failures to reach the provider
+Requests are forwarded untouched (the body bytes the caller sent), with the one credential the
+caller's tenant was derived from, unless a central key is configured for that provider
+(``REFLEX_UPSTREAM_API_KEY``, ``REFLEX_ANTHROPIC_UPSTREAM_API_KEY``). Failures to reach the provider
 become 502 and timeouts 504 in OpenAI's envelope; the provider's own errors pass through
 with their status and body.
 """
@@ -13,22 +15,27 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiohttp
 import orjson
 from blake3 import blake3
 from multidict import CIMultiDict
 
-from reflex.settings import UpstreamSettings
-from services.gateway.errors import ErrorKind, GatewayError
-from services.gateway.streaming import replay_events
+from reflex.settings import AnthropicUpstreamSettings, UpstreamSettings
+from services.gateway.errors import ErrorKind, GatewayError, envelope
+from services.gateway.keys import AUTHORIZATION, X_API_KEY, Credential
+from services.gateway.protocols.base import ParsedRequest, ProtocolAdapter, UpstreamName
 
-# Caller headers worth forwarding besides the key: OpenAI's org/project scoping and tracing.
-_FORWARDED_REQUEST_HEADERS = ("OpenAI-Organization", "OpenAI-Project", "OpenAI-Beta", "X-Request-Id")
-# Provider headers passed back on a miss: content type, request ids and rate-limit state the
-# caller's SDK reads. Hop-by-hop and encoding headers are not ours to forward.
-_PASSED_BACK_PREFIXES = ("x-ratelimit-", "openai-", "x-request-id")
+# Caller headers worth forwarding besides the credential, per provider: OpenAI's org/project
+# scoping and tracing; Anthropic's API version and beta features (they change the answer).
+_FORWARDED_REQUEST_HEADERS = {
+    UpstreamName.OPENAI: ("OpenAI-Organization", "OpenAI-Project", "OpenAI-Beta", "X-Request-Id"),
+    UpstreamName.ANTHROPIC: ("anthropic-version", "anthropic-beta", "X-Request-Id"),
+}
+# Provider headers passed back on a miss: request ids and rate-limit state the caller's SDK
+# reads. Hop-by-hop and encoding headers are not ours to forward.
+_PASSED_BACK_PREFIXES = ("x-ratelimit-", "openai-", "x-request-id", "anthropic-", "request-id", "retry-after")
 
 
 def passed_back_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -47,6 +54,7 @@ class UpstreamReply(Protocol):
 @dataclass
 class _HttpReply:
     response: aiohttp.ClientResponse
+    idle_timeout: float | None = None  # longest wait for the next chunk of a stream
 
     @property
     def status(self) -> int:
@@ -67,25 +75,48 @@ class _HttpReply:
             ) from None
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
-        # iter_any: forward whatever arrived, without waiting for line or size boundaries
-        async for data in self.response.content.iter_any():
+        # readany: forward whatever arrived, without waiting for line or size boundaries; a
+        # silence longer than the idle timeout raises TimeoutError (the relay ends the stream)
+        while True:
+            data = await asyncio.wait_for(self.response.content.readany(), self.idle_timeout)
+            if not data:
+                return
             yield data
 
 
 class Upstream(Protocol):
     def open(
-        self, method: str, path: str, *, body: bytes | None, headers: Mapping[str, str]
-    ) -> contextlib.AbstractAsyncContextManager[UpstreamReply]: ...
+        self,
+        provider: UpstreamName,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        credential: Credential | None,
+        query: str = "",
+        stream: bool = False,
+    ) -> contextlib.AbstractAsyncContextManager[UpstreamReply]:
+        """Send one request to ``provider``'s base URL + ``path``: the body as it is, the
+        caller's ``credential`` (the only one forwarded) unless a central key is configured.
+        ``stream``: the answer is a stream, so the first-byte and idle timeouts apply."""
 
     async def close(self) -> None: ...
 
 
 class HttpUpstream:
-    """One pooled ClientSession to the provider, bounded by ``upstream_max_connections``."""
+    """One pooled ClientSession to the providers, bounded by ``upstream_max_connections``."""
 
-    def __init__(self, settings: UpstreamSettings) -> None:
-        self._base = settings.url
-        self._api_key = settings.api_key
+    def __init__(self, settings: UpstreamSettings, anthropic: AnthropicUpstreamSettings) -> None:
+        self._bases = {UpstreamName.OPENAI: settings.url, UpstreamName.ANTHROPIC: anthropic.url}
+        self._central = {
+            UpstreamName.OPENAI: (AUTHORIZATION, f"Bearer {settings.api_key.get_secret_value()}")
+            if settings.api_key is not None else None,
+            UpstreamName.ANTHROPIC: (X_API_KEY, anthropic.api_key.get_secret_value())
+            if anthropic.api_key is not None else None,
+        }
+        self._first_byte_timeout = settings.first_byte_timeout_secs
+        self._idle_timeout = settings.idle_timeout_secs
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=settings.max_connections),
             timeout=aiohttp.ClientTimeout(
@@ -96,29 +127,42 @@ class HttpUpstream:
             auto_decompress=True,
         )
 
-    def _headers(self, caller: Mapping[str, str], has_body: bool) -> dict[str, str]:
+    def _headers(
+        self, provider: UpstreamName, caller: Mapping[str, str], credential: Credential | None, has_body: bool
+    ) -> dict[str, str]:
         out: dict[str, str] = {"Accept": caller.get("Accept", "application/json")}
         if has_body:
-            out["Content-Type"] = "application/json"
-        if self._api_key is not None:
-            out["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
-        else:
-            if caller.get("Authorization"):
-                out["Authorization"] = caller["Authorization"]
-            if caller.get("x-api-key"):
-                out["x-api-key"] = caller["x-api-key"]
-        for name in _FORWARDED_REQUEST_HEADERS:
+            out["Content-Type"] = caller.get("Content-Type", "application/json")
+        central = self._central[provider]
+        if central is not None:
+            out[central[0]] = central[1]
+        elif credential is not None:
+            out[credential.header] = credential.value
+        for name in _FORWARDED_REQUEST_HEADERS[provider]:
             if caller.get(name):
                 out[name] = caller[name]
         return out
 
     @contextlib.asynccontextmanager
     async def open(
-        self, method: str, path: str, *, body: bytes | None, headers: Mapping[str, str]
+        self,
+        provider: UpstreamName,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        credential: Credential | None,
+        query: str = "",
+        stream: bool = False,
     ) -> AsyncIterator[UpstreamReply]:
+        url = self._bases[provider] + path + (f"?{query}" if query else "")
         try:
-            response = await self._session.request(
-                method, self._base + path, data=body, headers=self._headers(headers, body is not None)
+            response = await asyncio.wait_for(
+                self._session.request(
+                    method, url, data=body, headers=self._headers(provider, headers, credential, body is not None)
+                ),
+                self._first_byte_timeout if stream else None,
             )
         except (asyncio.TimeoutError, TimeoutError):
             raise GatewayError(ErrorKind.UPSTREAM_TIMEOUT, "the upstream provider timed out") from None
@@ -127,7 +171,7 @@ class HttpUpstream:
                 ErrorKind.UPSTREAM_UNREACHABLE, f"cannot reach the upstream provider: {type(exc).__name__}"
             ) from None
         try:
-            yield _HttpReply(response)
+            yield _HttpReply(response, self._idle_timeout if stream else None)
         finally:
             response.release()
 
@@ -156,63 +200,62 @@ class _MockReply:
 class MockUpstream:
     """Deterministic local answers (REFLEX_MOCK_PROVIDER=1) for demos and CI: no network.
 
-    The answer depends only on the request's content, so repeated requests get the same text
-    whether or not they were cached.
+    It answers every protocol the gateway serves, streaming too, in that protocol's own wire
+    format (each adapter builds its answer and replays it). The answer depends only on the
+    request's content, so repeated requests get the same text whether or not they were cached.
     """
 
     MODELS = ("reflex-mock",)
 
+    def __init__(self, protocols: tuple[ProtocolAdapter, ...]) -> None:
+        self._by_path = {(p.upstream, p.upstream_path): p for p in protocols}
+
     @staticmethod
-    def answer_text(request: Mapping[str, Any]) -> str:
-        last = (request.get("messages") or [{}])[-1]
-        content = last.get("content") if isinstance(last, dict) else None
-        if isinstance(content, list):
-            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-        digest = blake3(orjson.dumps(request.get("messages"), option=orjson.OPT_SORT_KEYS)).hexdigest()[:8]
-        return f"[mock {digest}] You asked: {str(content or '').strip()[:200]}"
+    def answer_text(request: ParsedRequest) -> str:
+        digest = blake3(request.canonical).hexdigest()[:8]
+        asked = (request.question or "").strip()[:200]
+        return f"[mock {digest}] You asked: {asked}"
 
     @contextlib.asynccontextmanager
     async def open(
-        self, method: str, path: str, *, body: bytes | None, headers: Mapping[str, str]
+        self,
+        provider: UpstreamName,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        credential: Credential | None,
+        query: str = "",
+        stream: bool = False,
     ) -> AsyncIterator[UpstreamReply]:
-        if method == "GET" and path == "/models":
-            data = {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "reflex"} for m in self.MODELS]}
-            yield _MockReply(200, CIMultiDict({"Content-Type": "application/json"}), orjson.dumps(data), [])
+        json_type = CIMultiDict({"Content-Type": "application/json"})
+        if method == "GET" and path.rstrip("/").endswith("/models"):
+            data = {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "reflex"}
+                                               for m in self.MODELS]}
+            yield _MockReply(200, json_type, orjson.dumps(data), [])
             return
-        if method != "POST" or path != "/chat/completions" or body is None:
+        protocol = self._by_path.get((provider, path))
+        if method != "POST" or protocol is None or body is None:
             raise GatewayError(ErrorKind.NOT_FOUND, f"the mock provider has no {method} {path}")
-        request = orjson.loads(body)
-        text = self.answer_text(request)
-        n = int(request.get("n") or 1)
-        completion_id = "chatcmpl-mock-" + blake3(body).hexdigest()[:24]
-        created = int(time.time())
-        prompt_tokens = len(orjson.dumps(request.get("messages"))) // 4
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": n * len(text.split()),
-            "total_tokens": prompt_tokens + n * len(text.split()),
-        }
-        completion = {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": request.get("model", "reflex-mock"),
-            "choices": [
-                {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop", "logprobs": None}
-                for i in range(n)
-            ],
-            "usage": usage,
-        }
-        if request.get("stream") is True:
-            include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
-            events = list(replay_events(completion, include_usage=include_usage))
+        try:
+            request = protocol.parse(body)
+        except GatewayError as exc:
+            # like a provider: the client's mistake is a 400 in its own envelope, never a 500
+            yield _MockReply(exc.kind.status, json_type, envelope(exc.kind, exc.message, exc.param, protocol.dialect), [])
+            return
+        answer = protocol.mock_answer(request, self.answer_text(request), blake3(body).hexdigest()[:24])
+        if request.stream:
+            events = list(protocol.replay(answer, request))
             yield _MockReply(200, CIMultiDict({"Content-Type": "text/event-stream"}), b"", events)
         else:
-            yield _MockReply(200, CIMultiDict({"Content-Type": "application/json"}), orjson.dumps(completion), [])
+            yield _MockReply(200, json_type, orjson.dumps(answer), [])
 
     async def close(self) -> None:
         return None
 
 
-def open_upstream(settings: UpstreamSettings) -> Upstream:
-    return MockUpstream() if settings.mock_provider else HttpUpstream(settings)
+def open_upstream(
+    settings: UpstreamSettings, anthropic: AnthropicUpstreamSettings, protocols: tuple[ProtocolAdapter, ...]
+) -> Upstream:
+    return MockUpstream(protocols) if settings.mock_provider else HttpUpstream(settings, anthropic)

@@ -6,10 +6,13 @@ each on a worker thread of its own so the event loop only moves futures around:
 
     submit() -> queue -> [tokenize stage] -> one prepared batch -> [model stage] -> futures
 
-* The tokenize stage waits for a free slot, then gathers up to ``max_batch_size`` items,
-  waiting at most ``max_wait`` for the batch to fill, drops items whose caller went away,
-  tokenizes them and cuts the batch at the token budget (padded longest row x rows); the
-  rows over budget go back to the front of the queue, already tokenized.
+* The tokenize stage waits for a free slot, then gathers up to ``max_batch_size`` items. While
+  a forward pass runs, the next batch keeps filling until the model is free (it could not run
+  sooner anyway), tokenizing what arrives as it comes; for an idle model a batch closes at
+  once (after ``max_wait`` if that is set), so a lone request pays no wait. Items whose caller
+  went away are dropped, and the batch is cut at the token budget (padded longest row x rows)
+  and padded on the tokenizer thread; the rows over budget go back to the front of the
+  queue, already tokenized.
 * The model stage runs the forward pass. There is one slot between the stages: the next
   batch is gathered and tokenized while the current one runs, but no earlier, so a batch is
   formed as late as possible and is as full as the load allows.
@@ -123,7 +126,8 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         self._model_pool: ThreadPoolExecutor | None = None
         # Created in start(), on the loop that will run the batcher.
         self._wake: asyncio.Event | None = None
-        self._full: asyncio.Event | None = None
+        # True from the moment the model stage takes a batch until its results are delivered.
+        self._model_busy = False
         self._slot: asyncio.Semaphore | None = None
         self._handoff: asyncio.Queue[_Prepared] | None = None
         self.forward_passes = 0  # read by tests and benchmarks
@@ -138,7 +142,6 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         if self._tasks:
             return
         self._wake = asyncio.Event()
-        self._full = asyncio.Event()
         self._slot = asyncio.Semaphore(1)
         self._handoff = asyncio.Queue(maxsize=1)
         # One thread each: the tokenizer and torch parallelise internally; a second model
@@ -149,6 +152,13 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             asyncio.create_task(self._tokenize_stage(), name=f"{self._name}-tokenize-stage"),
             asyncio.create_task(self._model_stage(), name=f"{self._name}-model-stage"),
         ]
+
+    async def run_on_model_thread(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the model thread (a backend's warm-up: CUDA graphs are recorded per
+        thread, so they must be recorded on the thread that replays them)."""
+        if self._model_pool is None:
+            raise NotServing(f"{self._name} batcher is not running")
+        return await asyncio.get_running_loop().run_in_executor(self._model_pool, fn)
 
     async def submit(self, items: Sequence[ItemT]) -> tuple[list[ResultT], Timing]:
         """Queue the items, wait for their results (in order) and the call's timing."""
@@ -211,10 +221,8 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         self._metrics.queue_size.set(self._inflight)
 
     def _signal(self) -> None:
-        assert self._wake is not None and self._full is not None
+        assert self._wake is not None
         self._wake.set()
-        if len(self._queue) >= self._max_batch_size:
-            self._full.set()
 
     def _report_forward_pass(self, ok: bool) -> None:
         if self._on_forward_pass is None:
@@ -229,72 +237,107 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             if not p.future.done():
                 p.future.set_exception(exc)
 
-    def _take_live(self) -> list[_Pending]:
-        """Pop up to max_batch_size items, skipping those whose caller has gone."""
+    def _take_live(self, limit: int) -> list[_Pending]:
+        """Pop up to ``limit`` items, skipping those whose caller has gone."""
         taken: list[_Pending] = []
-        while self._queue and len(taken) < self._max_batch_size:
+        while self._queue and len(taken) < limit:
             p = self._queue.popleft()
             if not p.future.done():
                 taken.append(p)
         return taken
 
-    async def _gather(self) -> list[_Pending]:
-        assert self._wake is not None and self._full is not None
-        while True:
-            while not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
-            if len(self._queue) < self._max_batch_size and self._max_wait_s > 0:
-                self._full.clear()
-                try:
-                    await asyncio.wait_for(self._full.wait(), self._max_wait_s)
-                except TimeoutError:
-                    pass
-            self._full.clear()
-            taken = self._take_live()
-            if taken:
-                return taken
+    def _tokenize(self, items: Sequence[_Pending]) -> None:
+        """On the tokenizer thread: tokenize the items not tokenized yet (rows put back after
+        a cut at the token budget keep their encodings). Only the tokenize stage touches these
+        _Pending fields, and it awaits this call."""
+        fresh = [p for p in items if not p.tokenized]
+        if not fresh:
+            return
+        started = time.perf_counter_ns()
+        encodings = self._backend.tokenize([p.item for p in fresh])
+        took = time.perf_counter_ns() - started
+        for p, enc in zip(fresh, encodings, strict=True):
+            p.encoding, p.tokens, p.tokenized = enc, self._backend.num_tokens(enc), True
+            p.timing.tokenize_ns = took
 
-    def _cut_at_token_budget(self, taken: list[_Pending]) -> list[_Pending]:
-        """The longest prefix whose padded size fits the budget (always at least one row);
-        the rest goes back to the front of the queue, in order, keeping its encodings."""
+    async def _gather(self, taken: list[_Pending]) -> None:
+        """Fill ``taken`` with the next batch. It closes when it is full, or when the model is
+        idle: at once with max_wait 0, else once its oldest item has waited max_wait. While
+        a forward pass runs it keeps filling (it could not run sooner anyway), and what arrives
+        is tokenized as it comes, so the batch is ready the moment the model is free. ``taken``
+        is filled in place, so that a failure fails what was already taken."""
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            fresh = self._take_live(self._max_batch_size - len(taken))
+            taken.extend(fresh)
+            idle = not self._model_busy
+            if fresh and not (idle and self._max_wait_s <= 0):
+                # Tokenized now, during the forward pass or the wait; a batch that closes at
+                # once is tokenized together with its padding, in one hop (_prepare).
+                await loop.run_in_executor(self._tokenizer_pool, self._tokenize, fresh)
+                idle = not self._model_busy
+            if len(taken) >= self._max_batch_size:
+                return
+            timeout: float | None = None
+            if idle and taken:
+                if self._max_wait_s <= 0:
+                    return
+                timeout = taken[0].admitted_ns / 1e9 + self._max_wait_s - time.perf_counter_ns() / 1e9
+                if timeout <= 0:
+                    return
+            if self._queue:
+                continue  # more arrived meanwhile
+            # Woken by a new item, or by the model stage going idle.
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                return
+
+    def _rows_within_budget(self, taken: Sequence[_Pending]) -> int:
+        """Length of the longest prefix whose padded size fits the budget (at least one row)."""
         longest = 0
         for n, p in enumerate(taken):
             longest_with = max(longest, p.tokens)
             if n > 0 and longest_with * (n + 1) > self._max_batch_tokens:
-                self._queue.extendleft(reversed(taken[n:]))
-                self._signal()
-                return taken[:n]
+                return n
             longest = longest_with
-        return taken
+        return len(taken)
+
+    def _prepare(self, taken: list[_Pending]) -> tuple[int, Any, int]:
+        """On the tokenizer thread, in one hop: tokenize what is not tokenized yet, find the
+        cut at the token budget, pad the rows before it. Returns (rows kept, model input,
+        nanoseconds spent padding)."""
+        self._tokenize(taken)
+        kept = self._rows_within_budget(taken)
+        started = time.perf_counter_ns()
+        batch = self._backend.collate([p.encoding for p in taken[:kept]])
+        return kept, batch, time.perf_counter_ns() - started
 
     async def _tokenize_stage(self) -> None:
         assert self._slot is not None and self._handoff is not None
         loop = asyncio.get_running_loop()
         while True:
-            # Wait until the model stage has taken the previous batch, so this one is
-            # gathered as late as possible (fuller) yet tokenized while the model runs.
+            # Wait until the model stage has taken the previous batch: this one then fills
+            # while that one runs, and is handed over the moment the model is free.
             await self._slot.acquire()
             taken: list[_Pending] = []
             try:
-                taken = await self._gather()
+                await self._gather(taken)
                 start = time.perf_counter_ns()
-                fresh = [p for p in taken if not p.tokenized]
-                if fresh:
-                    encodings = await loop.run_in_executor(
-                        self._tokenizer_pool, self._backend.tokenize, [p.item for p in fresh]
-                    )
-                    for p, enc in zip(fresh, encodings, strict=True):
-                        p.encoding, p.tokens, p.tokenized = enc, self._backend.num_tokens(enc), True
-                batch_requests = self._cut_at_token_budget(taken)
-                batch = await loop.run_in_executor(
-                    self._tokenizer_pool, self._backend.collate, [p.encoding for p in batch_requests]
-                )
-                tokenize_ns = time.perf_counter_ns() - start
-                self._metrics.observe_stage("tokenize", tokenize_ns / 1e9)
+                kept, batch, collate_ns = await loop.run_in_executor(self._tokenizer_pool, self._prepare, taken)
+                batch_requests = taken[:kept]
+                if kept < len(taken):
+                    # Over the budget: back to the front of the queue, in order, keeping their encodings.
+                    self._queue.extendleft(reversed(taken[kept:]))
+                    self._signal()
+                ready = time.perf_counter_ns()
+                self._metrics.observe_stage("tokenize", (ready - start) / 1e9)
                 for p in batch_requests:
-                    p.timing.queue_ns = start - p.admitted_ns
-                    p.timing.tokenize_ns = tokenize_ns
+                    # Tokenizing (its own tokenizer call, plus padding the batch) is not queueing.
+                    p.timing.tokenize_ns += collate_ns
+                    p.timing.queue_ns = max(0, ready - p.admitted_ns - p.timing.tokenize_ns)
                     self._metrics.observe_stage("queue", p.timing.queue_ns / 1e9)
                 await self._handoff.put(_Prepared(batch_requests, batch))
             except asyncio.CancelledError:
@@ -310,6 +353,7 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         loop = asyncio.get_running_loop()
         while True:
             prepared = await self._handoff.get()
+            self._model_busy = True
             self._slot.release()
             requests = prepared.requests
             try:
@@ -340,6 +384,13 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
                 self._report_forward_pass(False)
                 self._fail(requests, InferenceFailed(f"forward pass failed: {type(exc).__name__}"))
                 continue
+            finally:
+                if self._handoff.empty():
+                    # Idle now: the batch being gathered closes (see _gather) instead of the
+                    # model waiting for it to fill.
+                    self._model_busy = False
+                    if self._wake is not None:
+                        self._wake.set()
             self._report_forward_pass(True)
             for p, result in matched:
                 p.timing.inference_ns = inference_ns

@@ -32,6 +32,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
+from reflex import keepalive
 from reflex.settings import ModelServiceSettings, ModelSettings
 from reflex.signals import stop_event
 from services.model_server.batching import DynamicBatcher, ModelBackend
@@ -69,6 +70,9 @@ class ServiceSpec(Generic[BackendT]):
 
 
 class ModelServer(Generic[BackendT]):
+    # The idle-ping interval this server permits (reflex/keepalive.py); tests shorten it.
+    keepalive_ping_interval_ms: int = keepalive.PING_INTERVAL_MS
+
     def __init__(
         self,
         spec: ServiceSpec[BackendT],
@@ -113,7 +117,9 @@ class ModelServer(Generic[BackendT]):
         # split the traffic with the first one.
         server = grpc.aio.server(
             interceptors=[ErrorMappingInterceptor(self.spec.name, self.spec.grpc_service, self.metrics)],
-            options=[("grpc.so_reuseport", 0)],
+            # keepalive: permit the gateways' idle pings (reflex/keepalive.py), or the server
+            # answers them with GOAWAY "too_many_pings" and drops the connection
+            options=[("grpc.so_reuseport", 0), *keepalive.server_options(self.keepalive_ping_interval_ms)],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.spec.register(server, self)
@@ -182,6 +188,11 @@ class ModelServer(Generic[BackendT]):
             await batcher.start()
             self.backend = backend
             self.batcher = batcher
+            # A backend's own warm-up (compiling, recording CUDA graphs) runs on the model
+            # thread, where its forward passes will run, before the warm-up batch.
+            warm_up = getattr(backend, "warm_up", None)
+            if callable(warm_up):
+                await batcher.run_on_model_thread(warm_up)
             await batcher.submit(list(self.spec.warmup_items))
         except Exception:
             log.exception("%s: loading or warming the model failed; staying NOT_SERVING", self.spec.name)

@@ -19,6 +19,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 import services.verifier
 from reflex.settings import ModelServiceSettings, ModelSettings
 from services.model_server.encoding import Encoding, PaddedRows, encodings_from
+from services.model_server.inference import build_encoder
 from services.model_server.torch_runtime import Runtime, choose_runtime, local_model_dir, model_name
 
 log = logging.getLogger("reflex.verifier")
@@ -53,7 +54,7 @@ class CrossEncoderModel(PaddedRows):
     def __init__(self, path: Path, settings: ModelSettings, runtime: Runtime | None = None) -> None:
         self.path = path
         self.name = model_name(path)
-        self.runtime = runtime or choose_runtime(settings)
+        self.runtime = runtime or choose_runtime(settings, settings.verifier_backend)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
         self.model = AutoModelForSequenceClassification.from_pretrained(
             path, local_files_only=True, dtype=self.runtime.dtype
@@ -66,6 +67,12 @@ class CrossEncoderModel(PaddedRows):
         self.max_tokens = min(x for x in limits if x)
         self._pad_id = self.tokenizer.pad_token_id or 0
         self._uses_token_types = "token_type_ids" in self.tokenizer.model_input_names
+        # How the forward pass runs (REFLEX_VERIFIER_BACKEND, REFLEX_CUDA_GRAPHS).
+        self.encoder = build_encoder(
+            self.model, output="logits", source=path,
+            input_names=["input_ids", "attention_mask"] + (["token_type_ids"] if self._uses_token_types else []),
+            runtime=self.runtime, cache_path=settings.model_cache_path, pad_id=self._pad_id, max_tokens=self.max_tokens,
+        )
         log.info("verifier: %s (%d label%s, %d tokens) on %s/%s", self.name, self.num_labels,
                  "" if self.num_labels == 1 else "s", self.max_tokens, self.runtime.device, self.runtime.dtype_name)
 
@@ -77,11 +84,13 @@ class CrossEncoderModel(PaddedRows):
                              return_token_type_ids=self._uses_token_types)
         return encodings_from(enc, with_token_types=self._uses_token_types)
 
+    def warm_up(self) -> None:
+        """Run on the model thread before SERVING (compiles and records CUDA graphs when on)."""
+        self.encoder.warm_up()
+
     @torch.inference_mode()
     def forward(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        device = self.runtime.device
-        inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        logits = self.model(**inputs).logits.float()
+        logits = self.encoder(batch)
         probs = torch.sigmoid(logits[:, 0]) if self.num_labels == 1 else torch.softmax(logits, dim=-1)[:, 1]
         return probs.cpu().numpy()
 

@@ -24,11 +24,13 @@ SENTINELS = {
     "qdrant": "SENTINEL-qdrant-key-41be",
     "redis_password": "SENTINEL-redis-pw-93d1",
     "redis_url_password": "SENTINEL-external-redis-pw-c0de",
+    "admin": "SENTINEL-admin-token-5e11",
 }
 SECRET_VALUES = {
     "secrets": {
         "upstreamApiKey": SENTINELS["upstream"],
         "qdrantApiKey": SENTINELS["qdrant"],
+        "adminToken": SENTINELS["admin"],
     },
     "redis": {"password": SENTINELS["redis_password"]},
 }
@@ -62,6 +64,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "externalQdrant": {"url": "https://qdrant.example:6333"},
     },
     "hpa-off": {"gateway": {"autoscaling": {"enabled": False}, "replicas": 3}},
+    "servicemonitor": {"serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}}},
     "replicas": {
         "gateway": {"autoscaling": {"minReplicas": 4, "maxReplicas": 12}},
         "embedder": {"replicas": 3},

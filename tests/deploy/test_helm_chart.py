@@ -30,6 +30,8 @@ from chart_render import (
 # oldest and newest releases most managed clusters run.
 K8S_VERSIONS = ("1.30.0", "1.33.0")
 MODEL_SERVICES = ("embedder", "verifier")
+# Kinds of the Prometheus Operator's CRDs, which kubernetes-validate has no schema for.
+CUSTOM_RESOURCES = {"ServiceMonitor"}
 COMPONENTS = ("gateway", *MODEL_SERVICES)
 
 
@@ -70,6 +72,8 @@ def test_lint_is_clean(name: str, kube_version: str) -> None:
 def test_every_manifest_validates_against_kubernetes_schemas(value_set: Rendered, kube_version: str) -> None:
     assert value_set.docs, "nothing rendered"
     for doc in value_set.docs:
+        if doc["kind"] in CUSTOM_RESOURCES:
+            continue  # not in the Kubernetes schemas; checked field by field in test_service_monitors
         # strict: unknown fields are errors too (a typo in a template would otherwise pass).
         kubernetes_validate.validate(doc, kube_version, strict=True)
 
@@ -93,6 +97,7 @@ def test_schema_rejects_bad_values() -> None:
         ({"qdrant": {"enabled": False}}, "externalQdrant.url"),
         ({"gateway": {"config": {"REFLEX_REDIS_URL": "redis://:pw@x:6379/0"}}}, "is a secret"),
         ({"embedder": {"config": {"REFLEX_UPSTREAM_API_KEY": "sk-x"}}}, "is a secret"),
+        ({"gateway": {"config": {"REFLEX_ADMIN_TOKEN": "t"}}}, "is a secret"),
     ],
 )
 def test_required_values_fail_with_a_clear_message(values: dict[str, Any], message: str) -> None:
@@ -303,9 +308,9 @@ def test_no_secret_in_any_config_map_or_pod_spec(value_set: Rendered) -> None:
         for label, sentinel in SENTINELS.items():
             assert sentinel not in text, f"{label} secret leaked into {key}"
     for cm in value_set.kind("ConfigMap"):
-        for name in ("REFLEX_UPSTREAM_API_KEY", "REFLEX_QDRANT_API_KEY", "REFLEX_REDIS_URL"):
+        for name in ("REFLEX_UPSTREAM_API_KEY", "REFLEX_QDRANT_API_KEY", "REFLEX_REDIS_URL", "REFLEX_ADMIN_TOKEN"):
             assert name not in cm["data"]
-    secret_env = {"REFLEX_UPSTREAM_API_KEY", "REFLEX_QDRANT_API_KEY", "REFLEX_REDIS_URL"}
+    secret_env = {"REFLEX_UPSTREAM_API_KEY", "REFLEX_QDRANT_API_KEY", "REFLEX_REDIS_URL", "REFLEX_ADMIN_TOKEN"}
     gw_env = {e["name"]: e for e in container(value_set, "gateway")["env"]}
     assert secret_env <= gw_env.keys()
     for name in secret_env:
@@ -329,6 +334,9 @@ def test_secrets_land_in_the_secret_or_come_from_the_existing_one(value_set: Ren
     assert base64.b64decode(secret["data"][ref["key"]]).decode() == SENTINELS["upstream"]
     qref = gw_env["REFLEX_QDRANT_API_KEY"]
     assert base64.b64decode(secret["data"][qref["key"]]).decode() == SENTINELS["qdrant"]
+    aref = gw_env["REFLEX_ADMIN_TOKEN"]
+    assert aref["name"] == secret["metadata"]["name"] and aref["optional"] is True  # absent: admin API off
+    assert base64.b64decode(secret["data"][aref["key"]]).decode() == SENTINELS["admin"]
     if not value_set.merged["redis"]["enabled"]:
         rref = gw_env["REFLEX_REDIS_URL"]
         assert SENTINELS["redis_url_password"] in base64.b64decode(value_set.get("Secret", rref["name"])["data"][rref["key"]]).decode()
@@ -386,3 +394,41 @@ def test_checksum_annotations_follow_each_components_config(rendered: dict[str, 
     key = "checksum/secret"
     gw_before = deployment(base, "gateway")["spec"]["template"]["metadata"]["annotations"][key]
     assert deployment(rotated, "gateway")["spec"]["template"]["metadata"]["annotations"][key] != gw_before
+
+
+# ------------------------------------------------------------------ monitoring
+
+
+def test_service_monitors_only_when_enabled_and_they_select_real_ports(value_set: Rendered) -> None:
+    monitors = value_set.kind("ServiceMonitor")
+    if not value_set.merged["serviceMonitor"]["enabled"]:
+        assert monitors == []
+        return
+    by_component = {component_of(m): m for m in monitors}
+    expected = {"gateway"} | {c for c in MODEL_SERVICES if value_set.merged[c]["metricsPort"]}
+    assert set(by_component) == expected
+    for component, monitor in by_component.items():
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        assert set(monitor["spec"]) == {"selector", "namespaceSelector", "endpoints"}
+        assert monitor["metadata"]["labels"]["release"] == value_set.merged["serviceMonitor"]["labels"]["release"]
+        service = value_set.get("Service", fullname(component))
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["path"] == "/metrics" and endpoint["interval"] == "15s"
+        port = {p["name"]: p for p in service["spec"]["ports"]}[endpoint["port"]]
+        # the Service port leads to the container port that serves /metrics
+        (c,) = pod_spec(deployment(value_set, component))["containers"]
+        assert port["targetPort"] in {p["name"] for p in c["ports"]}
+        if component != "gateway":
+            assert {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"] == value_set.merged[component]["metricsPort"]
+            config = value_set.get("ConfigMap", fullname(component))["data"]
+            assert config["REFLEX_METRICS_PORT"] == str(value_set.merged[component]["metricsPort"])
+
+
+def test_no_admin_token_means_no_key_in_the_secret() -> None:
+    r = render({})
+    secret = r.get("Secret", fullname("").rstrip("-"))
+    assert "admin-token" not in (secret.get("data") or {})
+    env = {e["name"]: e for e in container(r, "gateway")["env"]}
+    assert env["REFLEX_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True

@@ -28,6 +28,7 @@ from services.gateway.app import create_app
 from reflex.entry import CachedEntry
 from services.gateway.keys import RequestKeys, tenant_id
 from services.gateway.l2 import open_l2_store
+from services.gateway.protocols.openai_chat import ChatCompletions
 from services.gateway.state import STATE
 from reflex.tiers import L2Point, L2Scope, L2Store, TierUnavailable
 from tests.gateway.conftest import RAW, gateway_settings
@@ -223,8 +224,8 @@ async def test_paraphrase_is_served_after_verification(
     _, headers, _ = await chat(client, PARAPHRASE)
     assert headers["X-Reflex-Status"] == "hit-l1-exact"
     assert len(embedder.calls) == embeds_before
-    promoted = CachedEntry.from_bytes(await client.app[STATE].cascade.l1.get(RequestKeys.of(tenant_id(client.app[TEST_KEY]), {
-        "model": "fake-model", "messages": [{"role": "user", "content": PARAPHRASE}]}).l1_key))
+    promoted = CachedEntry.from_bytes(await client.app[STATE].cascade.l1.get(RequestKeys.of(tenant_id(client.app[TEST_KEY]), ChatCompletions().parse(orjson.dumps({
+        "model": "fake-model", "messages": [{"role": "user", "content": PARAPHRASE}]}))).l1_key))
     assert promoted.question == QUESTION  # still says what the answer was matched to
 
 
@@ -420,3 +421,50 @@ async def test_tiers_built_from_settings_degrade_when_the_services_are_down(
     assert {"embedder", "verifier"} <= set((await ready.json())["failing"])
     _, headers, _ = await chat(client, QUESTION)
     assert headers["X-Reflex-Status"] == "hit-l1-exact"  # L1 keeps working without the models
+
+
+# ------------------------------------------------------------------ circuit breaker
+
+
+async def test_a_stalled_verifier_costs_one_deadline_then_is_skipped_until_a_probe(
+    make_client: Callable[..., Any], embedder: ControlledEmbedder, verifier: ControlledVerifier
+) -> None:
+    # A SIGSTOPped verifier answers nothing: without the breaker every request would wait the
+    # whole verifier deadline (300 ms here) before going upstream.
+    client = await make_client(tier_retry_secs=0.6)
+    await chat(client, QUESTION)  # stored: later questions on the topic find a candidate
+    rewordings = [f"{PARAPHRASE} (take {i})" for i in range(6)]
+    embedder.topics.update({r: "css" for r in rewordings})  # each one a new L1 key, one topic
+    verifier.stall = 5.0
+    _, headers, _ = await chat(client, rewordings[0])
+    failed_at = asyncio.get_running_loop().time()  # the timeout has just opened the breaker
+    assert headers["X-Reflex-Status"] == "miss"
+    calls_after_the_timeout = len(verifier.calls)
+    for rewording in rewordings[1:4]:  # inside the pause: a plain miss without calling the verifier
+        _, headers, _ = await chat(client, rewording)
+        assert headers["X-Reflex-Status"] == "miss"
+    assert len(verifier.calls) == calls_after_the_timeout
+    failures = client.app[STATE].metrics.tier_failures
+    assert failures.labels("verifier", "circuit_open")._value.get() == 3
+    verifier.stall = 0.0
+    verifier.scores[(rewordings[4], QUESTION)] = 0.99
+    await asyncio.sleep(max(0.0, failed_at + 0.7 - asyncio.get_running_loop().time()))
+    _, headers, _ = await chat(client, rewordings[4])  # the probe: the verifier is back
+    assert headers["X-Reflex-Status"] == "hit-l3-verified"
+    assert len(verifier.calls) == calls_after_the_timeout + 1
+
+
+async def test_a_question_longer_than_the_models_read_skips_the_semantic_tiers(
+    make_client: Callable[..., Any], embedder: ControlledEmbedder
+) -> None:
+    # Over 4 MiB a question would exceed gRPC's message limit: the caller's input would be
+    # counted and logged as an embedder outage. It never reaches the embedder at all.
+    client = await make_client(l2_max_question_chars=10_000)
+    long_question = "Explain this log line: " + "x" * 20_000
+    for expected in ("miss", "hit-l1-exact"):
+        _, headers, _ = await chat(client, long_question)
+        assert headers["X-Reflex-Status"] == expected
+    assert embedder.calls == []
+    metrics = client.app[STATE].metrics
+    assert metrics.exact_only.labels("question_too_long")._value.get() == 2
+    assert metrics.tier_failures.labels("embedder", "unavailable")._value.get() == 0

@@ -161,6 +161,36 @@ async def test_upstream_timeout_is_504(aiohttp_client: Any, fake_upstream: FakeU
     assert_envelope(await response.json(), "upstream_timeout")
 
 
+async def test_a_stream_that_does_not_start_is_504_after_the_first_byte_timeout(
+    aiohttp_client: Any, fake_upstream: FakeUpstream
+) -> None:
+    # Without a first-byte timeout a stalled provider holds the slot for the 600 s total.
+    client = await make_client(aiohttp_client, gateway_settings(fake_upstream, upstream_first_byte_timeout_secs=0.3))
+    fake_upstream.fail_next(fu.slow(5.0))
+    started = asyncio.get_running_loop().time()
+    response = await client.post(CHAT, json={**GOOD, "stream": True}, headers=AUTH)
+    assert response.status == 504
+    assert_envelope(await response.json(), "upstream_timeout")
+    assert asyncio.get_running_loop().time() - started < 3.0
+
+
+async def test_a_stream_that_goes_silent_ends_in_band_and_is_not_cached(
+    aiohttp_client: Any, fake_upstream: FakeUpstream
+) -> None:
+    client = await make_client(aiohttp_client, gateway_settings(fake_upstream, upstream_idle_timeout_secs=0.3))
+    fake_upstream.fail_next(fu.GATED)  # one chunk, then silence until the gate opens
+    response = await client.post(CHAT, json={**GOOD, "stream": True}, headers=AUTH)
+    assert response.status == 200
+    text = (await response.read()).decode()
+    assert '"upstream_timeout"' in text and "[DONE]" not in text
+    fake_upstream.gate.set()
+    await client.app[STATE].settle()
+    again = await client.post(CHAT, json={**GOOD, "stream": True}, headers=AUTH)
+    await again.read()
+    assert again.headers["X-Reflex-Status"] == "miss"  # the cut answer was never stored
+    assert fake_upstream.chat_count == 2
+
+
 async def test_central_upstream_key_replaces_the_callers(aiohttp_client: Any, fake_upstream: FakeUpstream) -> None:
     client = await make_client(aiohttp_client, gateway_settings(fake_upstream, upstream_api_key="sk-central"))
     response = await client.post(CHAT, json=GOOD, headers=AUTH)

@@ -10,17 +10,27 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.gateway.keys import (
-    ANONYMOUS_TENANT,
-    RequestKeys,
-    api_key_from_headers,
+from services.gateway.keys import ANONYMOUS_TENANT, RequestKeys, api_key_from_headers, l1_key, tenant_id
+from services.gateway.protocols.base import ParsedRequest
+from services.gateway.protocols.openai_chat import (
+    ChatCompletions,
+    StreamAssembler,
     canonical_request,
-    context_hash,
-    l1_key,
+    is_cacheable,
+    replay_events,
     semantic_question,
-    tenant_id,
 )
-from services.gateway.streaming import StreamAssembler, is_cacheable, replay_events
+from services.gateway.protocols.question import AskedPart, asked_part
+
+CHAT = ChatCompletions()
+
+
+def parse(request: dict[str, Any]) -> ParsedRequest:
+    return CHAT.parse(orjson.dumps(request))
+
+
+def context_hash(request: dict[str, Any]) -> str | None:
+    return RequestKeys.of("t", parse(request)).context_hash
 
 BASE: dict[str, Any] = {
     "model": "gpt-x",
@@ -44,7 +54,9 @@ def with_last(content: Any, role: str = "user", **extra: Any) -> dict[str, Any]:
 def test_tenant_from_bearer_or_x_api_key_and_never_the_key() -> None:
     assert api_key_from_headers({"Authorization": "Bearer sk-1"}) == "sk-1"
     assert api_key_from_headers({"x-api-key": "sk-2"}) == "sk-2"
-    assert api_key_from_headers({"Authorization": "Basic abc"}) is None
+    # any credential names a tenant, whatever its scheme: only a request with none is anonymous
+    assert api_key_from_headers({"Authorization": "Basic abc"}) == "Basic abc"
+    assert api_key_from_headers({"Authorization": "Bearer\tsk-3"}) == "sk-3"
     assert api_key_from_headers({}) is None
     assert tenant_id(None) == ANONYMOUS_TENANT
     assert tenant_id("sk-1") != tenant_id("sk-2")
@@ -56,7 +68,8 @@ def test_canonical_request_ignores_non_semantic_fields_and_key_order() -> None:
     reordered = dict(reversed(list(BASE.items())))
     assert canonical_request({**BASE, **noisy}) == canonical_request(reordered)
     assert canonical_request({**BASE, "temperature": 1}) != canonical_request(BASE)
-    assert l1_key("t1", canonical_request(BASE)) != l1_key("t2", canonical_request(BASE))
+    assert l1_key("t1", CHAT.name, canonical_request(BASE)) != l1_key("t2", CHAT.name, canonical_request(BASE))
+    assert l1_key("t1", CHAT.name, canonical_request(BASE)) != l1_key("t1", "other.protocol", canonical_request(BASE))
 
 
 def test_context_hash_ignores_only_the_last_user_text() -> None:
@@ -76,13 +89,22 @@ def test_context_hash_ignores_only_the_last_user_text() -> None:
     assert context_hash(BASE) not in hashes and len(hashes) == len(changed_everything_else)
 
 
-def test_context_hash_keeps_non_text_parts_of_the_last_message() -> None:
+def test_a_last_message_with_an_image_is_exact_only() -> None:
+    # The answer depends on the picture, which the semantic tiers cannot compare.
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
-    other_image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,BBBB"}}
     a = with_last([{"type": "text", "text": "What is this?"}, image])
-    b = with_last([{"type": "text", "text": "What's in the picture?"}, image])
-    c = with_last([{"type": "text", "text": "What is this?"}, other_image])
-    assert context_hash(a) == context_hash(b) != context_hash(c)
+    assert semantic_question(a) is None and context_hash(a) is None
+
+
+def test_trailing_instructions_belong_to_the_context_not_the_question() -> None:
+    # Aider sends the question, then a long system message with its edit-format rules.
+    rules = {"role": "system", "content": "Use SEARCH/REPLACE blocks for every edit."}
+    a = {**BASE, "messages": [*BASE["messages"], rules]}
+    b = {**BASE, "messages": [BASE["messages"][0], {"role": "user", "content": "Centre a div?"}, rules]}
+    other_rules = {**BASE, "messages": [*BASE["messages"], {"role": "system", "content": "Use unified diffs."}]}
+    assert semantic_question(a) == "How do I center a div?"
+    assert context_hash(a) == context_hash(b) != context_hash(other_rules)
+    assert context_hash(a) != context_hash(BASE)
 
 
 def test_eligibility_for_the_semantic_tiers() -> None:
@@ -93,9 +115,101 @@ def test_eligibility_for_the_semantic_tiers() -> None:
     for request in (tool_result, prefill, with_last(""), with_last("  \n\t"), with_last(None),
                     with_last([{"type": "image_url", "image_url": {"url": "x"}}])):
         assert semantic_question(request) is None
-        keys = RequestKeys.of("t", request)
+        keys = RequestKeys.of("t", parse(request))
         assert keys.question is None and keys.context_hash is None
         assert keys.l1_key  # still served by L1
+
+
+# ------------------------------------------------------------------------------ the asked part
+
+# Aider's shape for a model it does not know: the edit-format rules that close its system
+# prompt are appended to the user's words too (shortened here; tests/agents/test_aider.py
+# runs the real client).
+AIDER_RULES = (
+    "# *SEARCH/REPLACE block* Rules:\n\n"
+    "Every *SEARCH/REPLACE block* must use this format:\n1. The *FULL* file path alone on a line.\n"
+    "2. The opening fence and code language, eg: ```python\n3. The start of search block: <<<<<<< SEARCH\n\n"
+    "ONLY EVER RETURN CODE IN A *SEARCH/REPLACE BLOCK*!\n\n\n"
+)
+AIDER_SYSTEM = "Act as an expert software developer.\nTake requests for changes to the supplied code.\n\n" + AIDER_RULES
+
+
+def aider_unknown_model(question: str, rules: str = AIDER_RULES, system: str = AIDER_SYSTEM) -> dict[str, Any]:
+    return {"model": "my-local-model", "temperature": 0, "messages": [
+        {"role": "system", "content": system},
+        {"role": "user", "content": "hello.py\n```\ndef greet(name):\n    return 'Hello ' + name\n```"},
+        {"role": "assistant", "content": "Ok, any changes I propose will be to those files."},
+        {"role": "user", "content": question + "\n\n" + rules},
+    ]}
+
+
+def rebuilt(part: AskedPart) -> str:
+    """The message text from its two halves: surroundings carry the prefix's length first."""
+    if not part.surroundings:
+        return part.question
+    length, _, rest = part.surroundings.partition(":")
+    return rest[: int(length)] + part.question + rest[int(length):]
+
+
+def test_rules_appended_to_the_user_message_are_context_not_question() -> None:
+    a = aider_unknown_model("Rename greet to welcome")
+    b = aider_unknown_model("Rename the greet function to welcome")
+    assert semantic_question(a) == "Rename greet to welcome"
+    assert semantic_question(b) == "Rename the greet function to welcome"
+    assert context_hash(a) == context_hash(b)
+    # one byte of the appended rules differs: another scope, never a hit across it
+    changed = aider_unknown_model("Rename greet to welcome", rules=AIDER_RULES.replace("FULL", "full"),
+                                  system=AIDER_SYSTEM.replace("FULL", "full"))
+    assert semantic_question(changed) == "Rename greet to welcome"
+    assert context_hash(changed) != context_hash(a)
+    # the same words without the rules appended are another request, too
+    plain = aider_unknown_model("Rename greet to welcome")
+    plain["messages"][-1]["content"] = "Rename greet to welcome"
+    assert semantic_question(plain) == "Rename greet to welcome" and context_hash(plain) != context_hash(a)
+
+
+def test_only_text_the_request_repeats_is_stripped() -> None:
+    # rules the system prompt does not hold (or holds only in part) stay in the question
+    own = aider_unknown_model("Rename greet to welcome", system="Act as an expert software developer.")
+    assert semantic_question(own) == own["messages"][-1]["content"]
+    half = aider_unknown_model("Rename greet to welcome", system=AIDER_SYSTEM[: len(AIDER_SYSTEM) - 20])
+    assert semantic_question(half) == half["messages"][-1]["content"]
+    # a leading block repeated from the system prompt goes too; the middle is the question
+    lead = "Act as an expert software developer.\nTake requests for changes to the supplied code."
+    assert asked_part(lead + "\n\nRename greet\n\n" + AIDER_RULES, [AIDER_SYSTEM]).question == "Rename greet"
+    # the whole turn sent again: nothing is left to ask but all of it
+    assert asked_part("Rename greet\n\nto welcome", ["Rename greet\n\nto welcome"]).question == (
+        "Rename greet\n\nto welcome")
+    # text only (no other texts to compare with): the whole message
+    assert asked_part("Rename greet\n\n" + AIDER_RULES) == AskedPart("Rename greet\n\n" + AIDER_RULES, "")
+
+
+def test_a_long_question_that_is_not_wrapped_stays_whole() -> None:
+    question = (
+        "This function should return a greeting, but the tests fail:\n\n"
+        "```python\ndef greet(name):\n    return 'Hello ' + name\n```\n\n"
+        "The traceback says TypeError: can only concatenate str (not \"int\") to str.\n\n"
+        "Why, and how do I fix it?"
+    )
+    request = {"model": "gpt-x", "messages": [
+        {"role": "system", "content": "You are a Python expert.\n\nWhy, and how"},  # shares words, no block
+        {"role": "user", "content": question},
+    ]}
+    assert semantic_question(request) == question
+
+
+_PARAGRAPHS = st.lists(st.text(alphabet="ab \n:", max_size=6), max_size=6).map("\n\n".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_PARAGRAPHS, st.lists(_PARAGRAPHS, max_size=3))
+def test_the_asked_part_and_its_surroundings_are_the_whole_text(text: str, elsewhere: list[str]) -> None:
+    # What is not the question is in the surroundings, verbatim and in place: two messages with
+    # the same surroundings differ in their question alone, so no boilerplate difference can
+    # hide from the context hash.
+    part = asked_part(text, elsewhere)
+    assert rebuilt(part) == text
+    assert part.question.strip() or part.question == text
 
 
 # ------------------------------------------------------------------------------ SSE
@@ -169,3 +283,17 @@ def test_incomplete_or_unsafe_streams_are_not_cacheable() -> None:
     assert assemble(data.replace(b"data: {", b"data: {{", 1)) is None  # unreadable chunk
     assert is_cacheable(COMPLETION)
     assert not is_cacheable({**COMPLETION, "choices": []})
+
+
+def test_empty_answers_are_not_cacheable() -> None:
+    def one(choice: dict[str, Any]) -> dict[str, Any]:
+        return {"id": "c", "object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop", **choice}]}
+
+    assert is_cacheable(one({"message": {"role": "assistant", "content": "Paris."}}))
+    assert not is_cacheable(one({"message": {"role": "assistant", "content": ""}}))
+    assert not is_cacheable(one({"message": {"role": "assistant", "content": "  \n"}}))
+    assert not is_cacheable(one({"message": {"role": "assistant", "content": None}}))
+    assert not is_cacheable(one({}))  # a choice without a message
+    calls = {"role": "assistant", "content": None,
+             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+    assert is_cacheable({"id": "c", "choices": [{"index": 0, "finish_reason": "tool_calls", "message": calls}]})

@@ -273,3 +273,53 @@ async def test_close_fails_queued_callers_and_refuses_new_ones(model: FakeModel)
             await task
     with pytest.raises(NotServing):
         await b.submit(["late"])
+
+
+async def test_a_lone_call_to_an_idle_model_does_not_wait_to_fill_a_batch(batcher: DynamicBatcher[str, str],
+                                                                        model: FakeModel) -> None:
+    # max_wait 0 (the default): dispatched the moment it is queued.
+    assert (await asyncio.wait_for(batcher.submit(["alone"]), 30))[0] == ["ALONE"]
+    assert model.batches == [["alone"]]
+
+
+async def test_with_max_wait_an_idle_model_waits_for_more(model: FakeModel) -> None:
+    # The wait is far longer than the test may take; the second call fills the batch.
+    b = make_batcher(model, max_wait_s=600.0, max_batch_size=2)
+    await b.start()
+    try:
+        first = asyncio.create_task(b.submit(["first"]))
+        await wait_until(lambda: b.inflight == 1, "the first call is queued")
+        await asyncio.sleep(0.05)
+        assert model.batches == []  # still waiting for company
+        second = asyncio.create_task(b.submit(["second"]))
+        await asyncio.wait_for(asyncio.gather(first, second), 30)
+        assert model.batches == [["first", "second"]]
+    finally:
+        await b.close()
+
+
+async def test_while_the_model_is_busy_the_next_batch_fills_until_it_goes_idle(model: FakeModel) -> None:
+    b = make_batcher(model)
+    await b.start()
+    try:
+        model.hold()
+        first = asyncio.create_task(b.submit(["first"]))
+        await wait_entered(model)
+        later = [asyncio.create_task(b.submit([f"later {i}"])) for i in range(3)]
+        await wait_until(lambda: b.inflight == 4 and len(model.tokenized) == 4, "the later calls are tokenized")
+        await asyncio.sleep(0.05)
+        model.gate.set()  # the model goes idle: the batch that filled meanwhile runs next
+        await asyncio.wait_for(asyncio.gather(first, *later), 30)
+        assert model.batches == [["first"], ["later 0", "later 1", "later 2"]]
+    finally:
+        model.gate.set()
+        await b.close()
+
+
+async def test_a_backend_warm_up_runs_on_the_model_thread(batcher: DynamicBatcher[str, str]) -> None:
+    # CUDA graphs are recorded per thread: a warm-up must run where the forward passes will.
+    def names() -> str:
+        return threading.current_thread().name
+
+    warm_up_thread = await batcher.run_on_model_thread(names)
+    assert warm_up_thread.startswith("reflex-test-model")

@@ -20,6 +20,17 @@ from services.gateway.model_clients import GrpcEmbedder, ServerTiming
 from services.model_server.grpc_server import start_model_server
 from tests.support.models import GatedBackend, RunningServer, cosine, model_settings
 
+# The service runs the shipped default backend (REFLEX_EMBEDDER_BACKEND): int8 moves vectors a
+# little and makes a row depend slightly on its batch-mates (one activation scale per batch);
+# fp32 backends are held to sentence-transformers exactly. tests/models/test_backends.py checks
+# each backend against torch; `reflex eval` checks that int8 loses nothing that matters.
+EXACT_BACKENDS = ("float32", "onnx")
+
+
+def tolerance(model: EmbeddingModel, exact: float, int8: float) -> float:
+    return exact if model.runtime.dtype_name in EXACT_BACKENDS else int8
+
+
 TEXTS = [
     "How do I center a div in CSS?",
     "What's the CSS to center a div horizontally and vertically?",
@@ -42,7 +53,7 @@ async def test_vectors_match_sentence_transformers(client: GrpcEmbedder, minilm_
     assert len(vectors) == len(TEXTS)
     for got, want in zip(vectors, reference, strict=True):
         assert len(got) == len(want)
-        assert cosine(got, want) > 0.999
+        assert cosine(got, want) > tolerance(minilm_model, 0.999, 0.99)
         assert abs(sum(x * x for x in got) - 1.0) < 1e-4  # unit length
 
 
@@ -51,11 +62,13 @@ async def test_info_reads_the_dimension_from_the_model(embedder_server: RunningS
     async with grpc.aio.insecure_channel(embedder_server.target) as channel:
         info = await embedder_pb2_grpc.EmbedderServiceStub(channel).Info(embedder_pb2.InfoRequest(), timeout=10)
     assert info.dimension == minilm_model.model.config.hidden_size == 384
-    assert info.max_tokens == 256 and info.device == "cpu" and info.dtype == "float32"
+    assert info.max_tokens == 256 and info.device == "cpu"
+    # The backend, not only the torch dtype: reflex eval keys its embedding cache on it.
+    assert info.dtype == minilm_model.runtime.dtype_name == model_settings().model.embedder_backend
 
 
 async def test_concurrent_callers_are_batched_and_each_gets_its_own_vector(
-    client: GrpcEmbedder, embedder_server: RunningServer
+    client: GrpcEmbedder, embedder_server: RunningServer, minilm_model: EmbeddingModel
 ) -> None:
     texts = [f"question number {i} about caching" for i in range(32)]
     alone = [(await client.embed([t], timeout=60))[0] for t in texts[:3]]
@@ -64,7 +77,7 @@ async def test_concurrent_callers_are_batched_and_each_gets_its_own_vector(
     passes = embedder_server.metric("reflex_embedder_batch_size_count") - passes_before
     assert 1 <= passes < len(texts)
     for mine, reference in zip(together[:3], alone, strict=True):
-        assert cosine(mine[0], reference) > 0.9999
+        assert cosine(mine[0], reference) > tolerance(minilm_model, 0.9999, 0.99)
     # Distinct texts, distinct vectors: nobody got a neighbour's row.
     assert all(cosine(together[i][0], together[i + 1][0]) < 0.9999 for i in range(len(texts) - 1))
 

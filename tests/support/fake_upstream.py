@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.support import fake_anthropic, fake_responses
 from tests.support.loop_thread import LoopThread
 
 
@@ -30,9 +32,12 @@ class Behaviour:
     status: int = 500
     delay: float = 0.0  # "slow": seconds before answering
     chunks_before_failure: int = 2  # "disconnect" on a stream: chunks sent before the cut
+    odd_event: bytes = b""  # "odd_chunk": this SSE event is sent second, as it is
 
 
 OK = Behaviour()
+# The endpoints that answer a question: fail_next() behaviours apply to these calls only.
+ANSWERING_PATHS = ("/chat/completions", "/v1/messages", "/v1/responses")
 
 
 def status(code: int) -> Behaviour:
@@ -50,12 +55,44 @@ def slow(delay: float) -> Behaviour:
     return Behaviour("slow", delay=delay)
 
 
+def odd_chunk(payload: dict[str, Any]) -> Behaviour:
+    """A stream with one extra chunk of an unexpected shape (a provider's quirk or a new field)."""
+    return Behaviour("odd_chunk", odd_event=b"data: " + orjson.dumps(payload) + b"\n\n")
+
+
 @dataclass
 class RecordedCall:
     number: int
     path: str
     body: dict[str, Any] | None
     headers: dict[str, str]
+
+
+# A file Aider added to the chat, as it shows it: the path alone on a line, then the file in a fence.
+_AIDER_FILE = re.compile(r"^([^\n`]+)\n(`{3,})[^\n]*\n(.*?)^\2$", re.MULTILINE | re.DOTALL)
+
+
+def aider_edit_block(number: int, body: dict[str, Any]) -> str | None:
+    """For a request whose system prompt asks for SEARCH/REPLACE blocks (Aider's diff format):
+    one valid edit block that puts ``# Answer #N`` above the first line of the first file shown
+    in the chat, so a test can see which call's edit a cached answer applied. None otherwise."""
+    messages = body.get("messages") or []
+    texts = [m.get("content") for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str)]
+    if not any(m.get("role") == "system" and "SEARCH/REPLACE" in str(m.get("content")) for m in messages):
+        return None
+    for text in texts:
+        if "added these files to the chat" not in text:
+            continue
+        found = _AIDER_FILE.search(text.split("added these files to the chat", 1)[1])
+        if found is None:
+            continue
+        path, fence, content = found.groups()
+        first = next((line for line in content.splitlines() if line.strip()), None)
+        if first is None:
+            continue
+        return (f"I will mark the file.\n\n{path}\n{fence}\n<<<<<<< SEARCH\n{first}\n=======\n"
+                f"# Answer #{number}\n{first}\n>>>>>>> REPLACE\n{fence}\n")
+    return None
 
 
 @dataclass
@@ -70,11 +107,22 @@ class FakeUpstream:
         self._runner: web.AppRunner | None = None
         self._thread: LoopThread | None = None
         self.port = 0
+        self.last_stream = b""  # the bytes of the last stream sent, for byte-for-byte relay checks
 
     # ------------------------------------------------------------------ control
     @property
     def url(self) -> str:
+        """The OpenAI-style base URL (Chat Completions, Responses)."""
         return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def base_url(self) -> str:
+        """The Anthropic-style base URL (no /v1: the client adds /v1/messages)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def calls_to(self, path: str) -> list[RecordedCall]:
+        with self._lock:
+            return [c for c in self.calls if c.path == path]
 
     @property
     def chat_calls(self) -> list[RecordedCall]:
@@ -99,7 +147,7 @@ class FakeUpstream:
         with self._lock:
             number = len(self.calls) + 1
             self.calls.append(RecordedCall(number, path, body, headers))
-            behaviour = self._queue.popleft() if self._queue and path.endswith("/chat/completions") else OK
+            behaviour = self._queue.popleft() if self._queue and path.endswith(ANSWERING_PATHS) else OK
         return number, behaviour
 
     # ------------------------------------------------------------------ lifecycle
@@ -115,10 +163,16 @@ class FakeUpstream:
             self._thread.close()
             self._thread = None
 
-    async def start_async(self) -> None:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+    def add_routes(self, app: web.Application) -> None:
+        """Every protocol this fake provider speaks; each protocol module adds its own."""
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        fake_anthropic.add_routes(self, app)
+        fake_responses.add_routes(self, app)
+
+    async def start_async(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.add_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -159,6 +213,9 @@ class FakeUpstream:
 
     @staticmethod
     def answer(number: int, body: dict[str, Any], choice: int = 0) -> str:
+        edit = aider_edit_block(number, body)
+        if edit is not None:
+            return edit
         content = body["messages"][-1].get("content")
         if isinstance(content, list):
             content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
@@ -224,6 +281,9 @@ class FakeUpstream:
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append(event([], usage=completion["usage"]))
         events.append(b"data: [DONE]\n\n")
+        if behaviour.kind == "odd_chunk":
+            events.insert(1, behaviour.odd_event)
+        self.last_stream = b"".join(events)
 
         for n, data in enumerate(events):
             if behaviour.kind == "disconnect" and n == behaviour.chunks_before_failure:
@@ -252,8 +312,7 @@ def main() -> None:
     async def serve() -> None:
         fake = FakeUpstream(chunk_delay=args.chunk_delay)
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/v1/chat/completions", fake._chat)
-        app.router.add_get("/v1/models", fake._models)
+        fake.add_routes(app)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", args.port).start()

@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 
 from reflex import tokens
-from reflex.settings import ResponseFormat
+from reflex.settings import CacheSettings, ResponseFormat
 from reflex.tauq import loads
 from services.gateway.hit_format import (
     QUESTION_CUT_MARK,
     QUESTION_MAX_CHARS,
+    REASON_AUTO_RAW,
     REASON_JSON_OUTPUT,
     REASON_LOGPROBS,
     REASON_NOT_TEXT,
@@ -22,11 +23,11 @@ from services.gateway.hit_format import (
     REASON_TAUQ,
     format_hit,
 )
-from services.gateway.streaming import StreamAssembler, replay_events
+from services.gateway.protocols.openai_chat import StreamAssembler, replay_events
 
 from .conftest import strict_equal
 
-TAUQ, RAW = ResponseFormat.TAUQ, ResponseFormat.RAW
+TAUQ, RAW, AUTO = ResponseFormat.TAUQ, ResponseFormat.RAW, ResponseFormat.AUTO
 QUESTION = "What's the capital of France?"
 PROSE = 'The capital of France is **Paris**.\nIt has "about" 2.1 million people.'
 RECORDS = [{"id": i, "name": f"user{i}", "active": i % 2 == 0, "score": i * 1.5} for i in range(20)]
@@ -206,6 +207,57 @@ def test_tool_calls_finish_reason_alone_is_enough() -> None:
     cached["choices"][0]["finish_reason"] = "tool_calls"
     served, accounting = serve(cached)
     assert served == cached and accounting.reason == REASON_TOOL_CALLS
+
+
+# ---------------------------------------------------------------------------- auto
+
+# What Aider parses out of an answer: one SEARCH/REPLACE edit block. An envelope around it
+# hid the block from Aider and lost the edit.
+EDIT_BLOCK = (
+    "hello.py\n```python\n<<<<<<< SEARCH\ndef greet(name):\n=======\ndef welcome(name):\n"
+    ">>>>>>> REPLACE\n```\n"
+)
+
+
+def test_auto_is_the_default() -> None:
+    assert CacheSettings.model_fields["response_format"].default is AUTO
+
+
+@pytest.mark.parametrize("content", [EDIT_BLOCK, PROSE, "```python\nprint('hi')\n```", '{"ok": true}'],
+                         ids=["edit_block", "prose", "code", "short_json"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_auto_serves_raw_unless_the_envelope_is_shorter(content: str, stream: bool) -> None:
+    cached = completion(content, usage=USAGE)
+    served, accounting = serve(cached, fmt=AUTO, stream=stream)
+    assert served == cached  # byte for byte: the client parses what the provider wrote
+    assert (accounting.format, accounting.format_delta, accounting.reason) == (RAW, 0, REASON_AUTO_RAW)
+    # ... because the envelope would have cost tokens here
+    _, tauq = serve(cached, fmt=TAUQ, stream=stream)
+    assert tauq.format is TAUQ and tauq.format_delta > 0
+
+
+def test_auto_replays_an_edit_block_unchanged_in_a_stream() -> None:
+    served, _ = serve(completion(EDIT_BLOCK, usage=USAGE), fmt=AUTO, stream=True)
+    assembler = StreamAssembler()
+    for event in replay_events(served, include_usage=True):
+        assembler.feed(event)
+    rebuilt = assembler.completion()
+    assert rebuilt is not None and rebuilt["choices"][0]["message"]["content"] == EDIT_BLOCK
+
+
+def test_auto_wraps_a_json_answer_when_that_saves_tokens() -> None:
+    raw = json.dumps({"users": RECORDS, "total": 20}, indent=2)
+    served, accounting = serve(completion(raw, usage=USAGE), fmt=AUTO)
+    document = served["choices"][0]["message"]["content"]
+    assert accounting.format is TAUQ and accounting.reason == REASON_TAUQ
+    assert accounting.format_delta == tokens.count_tokens(document) - tokens.count_tokens(raw) < 0
+    assert strict_equal(loads(document)["response"]["content"], json.loads(raw))
+
+
+def test_auto_never_wraps_what_is_never_tauq() -> None:
+    raw = json.dumps({"users": RECORDS})
+    served, accounting = serve(completion(raw, usage=USAGE), fmt=AUTO, req=request(response_format={"type": "json_object"}))
+    assert served["choices"][0]["message"]["content"] == raw and accounting.reason == REASON_JSON_OUTPUT
 
 
 # ---------------------------------------------------------------------------- accounting

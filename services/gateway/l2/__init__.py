@@ -14,14 +14,30 @@ collection built for another model fails at start-up with a clear message instea
 
 from __future__ import annotations
 
-from qdrant_client import AsyncQdrantClient
+from typing import TYPE_CHECKING, Any
 
 from reflex.settings import L2Settings
 from reflex.tiers import L2Store
-from services.gateway.l2.edge import EdgeL2Store
-from services.gateway.l2.remote import RemoteL2Store
+
+if TYPE_CHECKING:
+    from services.gateway.l2.edge import EdgeL2Store
+    from services.gateway.l2.remote import RemoteL2Store
 
 __all__ = ["EdgeL2Store", "RemoteL2Store", "open_l2_store"]
+
+
+def __getattr__(name: str) -> Any:
+    # The engines (qdrant-edge, qdrant-client: ~0.5 s to import) load on first use, so a gateway
+    # that imports this package's light modules (schema, limits) without L2 never pays for them.
+    if name == "EdgeL2Store":
+        from services.gateway.l2.edge import EdgeL2Store
+
+        return EdgeL2Store
+    if name == "RemoteL2Store":
+        from services.gateway.l2.remote import RemoteL2Store
+
+        return RemoteL2Store
+    raise AttributeError(name)
 
 
 async def open_l2_store(settings: L2Settings, dimension: int) -> L2Store:
@@ -32,8 +48,13 @@ async def open_l2_store(settings: L2Settings, dimension: int) -> L2Store:
     """
     if dimension <= 0:
         raise ValueError(f"dimension must be positive, got {dimension}")
+    from services.gateway.l2.edge import EdgeL2Store
+    from services.gateway.l2.remote import RemoteL2Store
+
     timeout_secs = settings.timeout_ms / 1000
     if settings.qdrant_url:
+        from qdrant_client import AsyncQdrantClient
+
         client = AsyncQdrantClient(
             url=settings.qdrant_url,
             api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -31,6 +31,7 @@ import qdrant_edge as qe
 
 from reflex.tiers import L2Candidate, L2Point, L2Scope, TierUnavailable
 from services.gateway.l2 import schema
+from services.gateway.selection import Selection
 
 log = logging.getLogger("reflex.gateway.l2.edge")
 
@@ -59,6 +60,13 @@ def _filter(scope: L2Scope, now: float) -> qe.Filter:
             qe.FieldCondition(schema.EXPIRES_AT, range=qe.RangeFloat(gt=now)),
         ]
     )
+
+
+def _keyword_filter(selection: Selection | None) -> qe.Filter | None:
+    conditions = list(selection.keywords().items()) if selection is not None else []
+    if not conditions:
+        return None
+    return qe.Filter(must=[qe.FieldCondition(key, match=qe.MatchValue(value)) for key, value in conditions])
 
 
 def _expired(now: float) -> qe.Filter:
@@ -193,6 +201,54 @@ class EdgeL2Store:
         info = await self._call(self._shard.info)
         return int(info.indexed_vectors_count)
 
+    # ------------------------------------------------------------------ administration and snapshots
+    async def admin_store(self) -> "schema.L2Admin":
+        return self
+
+    # Each page is its own job on the worker, so searches and writes queue between pages: a scan of
+    # 50k points never holds the shard for longer than one page (~30 ms with vectors on 2 cores).
+    async def scan(self, selection: Selection | None = None, *, page: int = 1000) -> AsyncIterator[list[schema.StoredPoint]]:
+        """Every point of ``selection``'s keyword scope, a page at a time, without vectors or entries."""
+        flt = _keyword_filter(selection)
+        async for records in self._pages(flt, page, qe.PayloadSelector.Include(schema.SCAN_FIELDS), False):
+            yield [schema.stored_point(r.id, r.payload or {}, self.dimension) for r in records]
+
+    async def retrieve(self, entry_ids: Sequence[str]) -> list[schema.StoredPoint]:
+        """The points of these entries (with their entries), those that exist."""
+        ids = [str(schema.point_id(e)) for e in entry_ids]
+        records = await self._run(self._shard.retrieve, ids, True, False, deadline=None)
+        return [schema.stored_point(r.id, r.payload or {}, self.dimension) for r in records]
+
+    async def delete_points(self, point_ids: Sequence[str]) -> None:
+        for start in range(0, len(point_ids), 1000):
+            chunk = list(point_ids[start:start + 1000])
+            await self._run(self._shard.update, qe.UpdateOperation.delete_points(chunk), deadline=None)
+
+    async def export_points(self, *, page: int = 512) -> AsyncIterator[list[schema.RawPoint]]:
+        """Every live point as stored, a page at a time (a snapshot's L2 part)."""
+        flt = qe.Filter(must=[qe.FieldCondition(schema.EXPIRES_AT, range=qe.RangeFloat(gt=time.time()))])
+        async for records in self._pages(flt, page, True, True):
+            yield [schema.RawPoint(str(r.id), list(r.vector), dict(r.payload or {})) for r in records]  # type: ignore[arg-type]
+
+    async def import_points(self, points: Sequence[schema.RawPoint]) -> None:
+        stored = [qe.Point(p.point_id, schema.check_vector(p.vector, self.dimension), p.payload) for p in points]
+        await self._run(self._shard.update, qe.UpdateOperation.upsert_points(stored), deadline=None)
+        self._written_since_optimize += len(stored)
+
+    async def clear(self) -> None:
+        """Delete every point (a failed hydrate puts the store back to empty with it)."""
+        await self._run(self._shard.update, qe.UpdateOperation.delete_points_by_filter(qe.Filter()), deadline=None)
+
+    async def _pages(self, flt: qe.Filter | None, page: int, payload: object, vector: bool) -> AsyncIterator[list[qe.Record]]:
+        offset = None
+        while True:
+            request = qe.ScrollRequest(offset=offset, limit=page, filter=flt, with_payload=payload, with_vector=vector)
+            records, offset = await self._run(self._shard.scroll, request, deadline=None)
+            if records:
+                yield records
+            if offset is None:
+                return
+
     # ------------------------------------------------------------------ internals
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         return await self._run(fn, *args, deadline=self._timeout_secs)
@@ -255,6 +311,20 @@ class EdgeL2Store:
             self._shard.flush()
         finally:
             self._shard.close()
+
+
+def stored_dimension(path: Path) -> int | None:
+    """The vector dimension of the shard at ``path`` (from the engine's own edge_config.json, the
+    file ``_open_shard`` also tests for), or None when there is no shard. For offline tools
+    (``reflex snapshot``), which must open a shard without an embedder to ask."""
+    import json
+
+    config = path / "edge_config.json"
+    if not config.exists():
+        return None
+    vectors = json.loads(config.read_text()).get("vectors", {})
+    params = vectors.get("") if isinstance(vectors, dict) and "" in vectors else vectors
+    return int(params["size"]) if isinstance(params, dict) and "size" in params else None
 
 
 def _open_shard(path: Path, config: qe.EdgeConfig) -> qe.EdgeShard:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TypeVar
 
 from qdrant_client import AsyncQdrantClient
@@ -24,6 +24,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from reflex.tiers import L2Candidate, L2Point, L2Scope, TierUnavailable
 from services.gateway.l2 import schema
+from services.gateway.selection import Selection
 
 log = logging.getLogger("reflex.gateway.l2.remote")
 
@@ -40,6 +41,13 @@ def _filter(scope: L2Scope, now: float) -> qm.Filter:
             qm.FieldCondition(key=schema.EXPIRES_AT, range=qm.Range(gt=now)),
         ]
     )
+
+
+def _keyword_filter(selection: Selection | None) -> qm.Filter | None:
+    conditions = list(selection.keywords().items()) if selection is not None else []
+    if not conditions:
+        return None
+    return qm.Filter(must=[qm.FieldCondition(key=key, match=qm.MatchValue(value=value)) for key, value in conditions])
 
 
 def _reason(exc: BaseException) -> str:
@@ -208,6 +216,69 @@ class RemoteL2Store:
         """Points stored, expired ones not yet purged included (for metrics and tests)."""
         result = await self._guard(self._client.count(self._collection, exact=True))
         return int(result.count)
+
+    # ------------------------------------------------------------------ administration and snapshots
+    async def admin_store(self) -> "schema.L2Admin":
+        return self
+
+    # Paged like the embedded store's (see edge.py); calls wait without the request deadline, since
+    # they are administrative and each page is small.
+    async def scan(
+        self, selection: Selection | None = None, *, page: int = 1000
+    ) -> AsyncIterator[list[schema.StoredPoint]]:
+        """Every point of ``selection``'s keyword scope, a page at a time, without vectors or entries."""
+        async for records in self._pages(_keyword_filter(selection), page, schema.SCAN_FIELDS, False):
+            yield [schema.stored_point(r.id, r.payload or {}, self.dimension) for r in records]
+
+    async def retrieve(self, entry_ids: Sequence[str]) -> list[schema.StoredPoint]:
+        ids = [str(schema.point_id(e)) for e in entry_ids]
+        records = await self._guard(
+            self._client.retrieve(self._collection, ids=ids, with_payload=True, with_vectors=False), bounded=False
+        )
+        return [schema.stored_point(r.id, r.payload or {}, self.dimension) for r in records]
+
+    async def delete_points(self, point_ids: Sequence[str]) -> None:
+        for start in range(0, len(point_ids), 1000):
+            chunk: list[qm.ExtendedPointId] = list(point_ids[start:start + 1000])
+            await self._guard(
+                self._client.delete(self._collection, points_selector=qm.PointIdsList(points=chunk), wait=True),
+                bounded=False,
+            )
+
+    async def export_points(self, *, page: int = 512) -> AsyncIterator[list[schema.RawPoint]]:
+        live = qm.Filter(must=[qm.FieldCondition(key=schema.EXPIRES_AT, range=qm.Range(gt=time.time()))])
+        async for records in self._pages(live, page, True, True):
+            yield [schema.RawPoint(str(r.id), list(r.vector), dict(r.payload or {})) for r in records]  # type: ignore[arg-type]
+
+    async def import_points(self, points: Sequence[schema.RawPoint]) -> None:
+        stored = [
+            qm.PointStruct(id=p.point_id, vector=schema.check_vector(p.vector, self.dimension), payload=p.payload)
+            for p in points
+        ]
+        await self._guard(self._client.upsert(self._collection, points=stored, wait=True), bounded=False)
+
+    async def clear(self) -> None:
+        await self._guard(
+            self._client.delete(self._collection, points_selector=qm.FilterSelector(filter=qm.Filter()), wait=True),
+            bounded=False,
+        )
+
+    async def _pages(
+        self, flt: qm.Filter | None, page: int, payload: object, vectors: bool
+    ) -> AsyncIterator[list[qm.Record]]:
+        offset = None
+        while True:
+            records, offset = await self._guard(
+                self._client.scroll(
+                    self._collection, scroll_filter=flt, limit=page, offset=offset,
+                    with_payload=payload, with_vectors=vectors,  # type: ignore[arg-type]
+                ),
+                bounded=False,
+            )
+            if records:
+                yield records
+            if offset is None:
+                return
 
     # ------------------------------------------------------------------ internals
     async def _guard(self, call: Awaitable[T], *, bounded: bool = True) -> T:

@@ -194,6 +194,12 @@ Secret environment of the gateway: every value comes through secretKeyRef, never
       name: {{ include "reflex.secretName" . }}
       key: {{ .Values.secrets.keys.qdrantApiKey }}
       optional: true
+- name: REFLEX_ADMIN_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "reflex.secretName" . }}
+      key: {{ .Values.secrets.keys.adminToken }}
+      optional: true
 - name: REFLEX_REDIS_URL
   valueFrom:
     secretKeyRef:
@@ -218,7 +224,7 @@ Fail early on value combinations that would deploy a broken cache.
 {{- if not (hasPrefix "REFLEX_" $name) -}}
 {{- fail (printf "%s.config: %s is not a REFLEX_* setting" $component $name) -}}
 {{- end -}}
-{{- if has $name (list "REFLEX_UPSTREAM_API_KEY" "REFLEX_QDRANT_API_KEY" "REFLEX_REDIS_URL") -}}
+{{- if has $name (list "REFLEX_UPSTREAM_API_KEY" "REFLEX_QDRANT_API_KEY" "REFLEX_REDIS_URL" "REFLEX_ADMIN_TOKEN") -}}
 {{- fail (printf "%s.config: %s is a secret; set it under secrets (or in secrets.existingSecret), never in a ConfigMap" $component $name) -}}
 {{- end -}}
 {{- end -}}

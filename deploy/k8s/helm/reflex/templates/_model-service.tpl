@@ -131,4 +131,11 @@ spec:
       targetPort: grpc
       protocol: TCP
       appProtocol: grpc
+    {{- if $values.metricsPort }}
+    # Prometheus scrapes /metrics here (the ServiceMonitor selects this port by name).
+    - name: metrics
+      port: {{ $values.metricsPort }}
+      targetPort: metrics
+      protocol: TCP
+    {{- end }}
 {{- end }}

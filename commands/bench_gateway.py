@@ -1,0 +1,306 @@
+"""``reflex bench``'s gateway sections: L1 hits, and the semantic path through ``reflex serve``.
+
+Every server runs in a process of its own (the baselines of commands.bench_servers, the
+gateway, ``reflex serve``), so none shares a GIL with this client or the load generator.
+
+* **L1** (``reflex gateway``, semantic off): sequential requests over one keep-alive
+  connection, the fake upstream called directly against the same request answered as an L1 hit
+  and as a miss (a new question each time), taking turns so load drift hits all alike; then the
+  L1-hit throughput against a bare aiohttp handler, both driven by ``wrk`` when it is installed,
+  else by an aiohttp load loop in a process of its own.
+* **Semantic** (``reflex serve`` with its real embedder, verifier and Qdrant Edge): a tenant
+  stores a few questions, then, taking turns: an L3-verified hit (a reworded stored question),
+  a miss that had candidates to verify (an unrelated question in that tenant; the cosine floor
+  is lowered so that every stored entry is a candidate, as in a populated cache), a miss with
+  no candidate (a tenant of its own), and the fake upstream called directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from commands.bench_common import Figure, Progress, free_port, percentile, stop_all, wait_up
+from commands.bench_servers import RedisProcess, spawn_server
+
+BODY = {"model": "bench-model", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+HEADERS = {"Authorization": "Bearer sk-bench", "Content-Type": "application/json", "X-Reflex-Format": "raw"}
+
+# Variables a developer's shell may hold that would point the bench's servers at real
+# deployments, or change what is measured; each server gets its own values instead.
+_ISOLATE = ("REFLEX_REDIS_URL", "REFLEX_QDRANT_URL", "REFLEX_EMBEDDER_URL", "REFLEX_VERIFIER_URL", "REFLEX_PORT",
+            "REFLEX_UPSTREAM_URL", "REFLEX_UPSTREAM_API_KEY", "REFLEX_MOCK_PROVIDER", "REFLEX_STORAGE_PATH")
+
+# The load loop used when wrk is not installed: a process of its own, counting 200s.
+LOAD_LOOP = """
+import asyncio, sys, time, aiohttp, json
+url, body, headers, duration, conns = sys.argv[1], sys.argv[2].encode(), json.loads(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+async def worker(session, stop, counts):
+    while time.perf_counter() < stop:
+        async with session.post(url, data=body, headers=headers) as r:
+            await r.read()
+            counts[0 if r.status == 200 else 1] += 1
+async def main():
+    counts = [0, 0]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conns)) as session:
+        start = time.perf_counter(); stop = start + duration
+        await asyncio.gather(*(worker(session, stop, counts) for _ in range(conns)))
+        print(json.dumps({"rps": counts[0] / (time.perf_counter() - start), "errors": counts[1]}))
+asyncio.run(main())
+"""
+
+Request = tuple[dict[str, Any], dict[str, str]]  # (JSON body, headers)
+
+
+def _env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _ISOLATE}
+    env.setdefault("REFLEX_LOG_LEVEL", "WARNING")
+    return env | values
+
+
+def _spawn_reflex(command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "commands.cli", command], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _question(text: str, headers: dict[str, str] | None = None) -> Request:
+    return {**BODY, "messages": [{"role": "user", "content": text}]}, {**HEADERS, **(headers or {})}
+
+
+async def _one(session: Any, url: str, request: Request) -> tuple[float, str]:
+    import orjson
+
+    body, headers = request
+    data = orjson.dumps(body)
+    started = time.perf_counter()
+    async with session.post(url, data=data, headers=headers) as response:
+        await response.read()
+        elapsed = time.perf_counter() - started
+        if response.status != 200:
+            raise RuntimeError(f"{url}: HTTP {response.status}")
+        return elapsed * 1000.0, response.headers.get("X-Reflex-Status", "")
+
+
+async def interleaved(series: dict[str, tuple[str, Callable[[int], Request]]], n: int, warmup: int
+                      ) -> dict[str, list[tuple[float, str]]]:
+    """(ms, X-Reflex-Status) of ``n`` requests per series, the series taking turns, each on its
+    own keep-alive connection; the first ``warmup`` rounds are dropped."""
+    import aiohttp
+
+    out: dict[str, list[tuple[float, str]]] = {name: [] for name in series}
+    sessions = {name: aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) for name in series}
+    try:
+        for i in range(n + warmup):
+            for name, (url, make) in series.items():
+                sample = await _one(sessions[name], url, make(i))
+                if i >= warmup:
+                    out[name].append(sample)
+    finally:
+        for session in sessions.values():
+            await session.close()
+    return out
+
+
+def _check(samples: list[tuple[float, str]], status: str, what: str) -> list[float]:
+    wrong = [s for _, s in samples if s != status]
+    if wrong:
+        raise RuntimeError(f"{what}: expected X-Reflex-Status {status}, got {sorted(set(wrong))}")
+    return [ms for ms, _ in samples]
+
+
+def load(url: str, duration: float, connections: int) -> tuple[float, str]:
+    """Requests/s of L1-style load on ``url`` (wrk when installed, else a Python loop)."""
+    if shutil.which("wrk"):
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+            script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(BODY))}\n'
+                         + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in HEADERS.items()))
+        try:
+            result = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
+                                     "-s", script.name, url], capture_output=True, text=True, check=True)
+        finally:
+            os.unlink(script.name)
+        if "Non-2xx" in result.stdout:
+            raise RuntimeError("non-2xx responses under load:\n" + result.stdout)
+        line = next(line for line in result.stdout.splitlines() if line.startswith("Requests/sec"))
+        return float(line.split()[1]), "wrk"
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_LOOP, url, json.dumps(BODY), json.dumps(HEADERS), str(duration), str(connections)],
+        capture_output=True, text=True, check=True,
+    )
+    data = json.loads(result.stdout)
+    if data["errors"]:
+        raise RuntimeError(f"{data['errors']} failed requests under load")
+    return float(data["rps"]), "aiohttp load loop"
+
+
+async def bench_l1(progress: Progress, *, requests: int, duration: float, connections: int, rounds: int,
+                   redis: bool) -> list[Figure]:
+    upstream_port, bare_port = free_port(), free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    redis_proc = RedisProcess(free_port()).start() if redis else None
+    figures: list[Figure] = []
+    try:
+        procs.append(spawn_server("upstream", upstream_port))
+        procs.append(spawn_server("bare", bare_port))
+        upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
+        gateways = {"memory": free_port()}
+        if redis_proc is not None:
+            gateways["redis"] = free_port()
+        for l1, port in gateways.items():
+            env = _env(REFLEX_PORT=str(port), REFLEX_UPSTREAM_URL=upstream_url, REFLEX_SEMANTIC="0",
+                       REFLEX_MAX_INFLIGHT="4096")
+            if l1 == "redis":
+                assert redis_proc is not None
+                env["REFLEX_REDIS_URL"] = redis_proc.url
+            procs.append(_spawn_reflex("gateway", env))
+        await wait_up(f"{upstream_url}/models", 30, procs[0])
+        await wait_up(f"http://127.0.0.1:{bare_port}/healthz", 30, procs[1])
+        for n, port in enumerate(gateways.values()):
+            await wait_up(f"http://127.0.0.1:{port}/healthz", 60, procs[2 + n])
+        direct_url = f"{upstream_url}/chat/completions"
+        bare_url = f"http://127.0.0.1:{bare_port}/v1/chat/completions"
+        for l1, port in gateways.items():
+            suffix = "" if l1 == "memory" else "_redis"
+            label = "in-process L1" if l1 == "memory" else "Redis L1"
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            progress.step(f"L1 ({label}): {requests} sequential requests per series (direct / hit / miss)")
+            fresh = time.time_ns()
+            samples = await interleaved({
+                "direct": (direct_url, lambda i: _question(f"direct question {fresh} {i}")),
+                "hit": (url, lambda i: (BODY, HEADERS)),
+                "miss": (url, lambda i: _question(f"new question {fresh} {i}")),
+            }, requests, warmup=10)
+            direct = [ms for ms, _ in samples["direct"]]
+            hit = _check(samples["hit"], "hit-l1-exact", "L1 hit")
+            miss = _check(samples["miss"], "miss", "L1 miss")
+            base = percentile(direct, 50)
+            common = {"baseline": "fake upstream called directly (p50)", "baseline_value": base, "unit": "ms",
+                      "better": "lower", "section": "l1"}
+            figures.append(Figure(f"l1_hit_latency{suffix}", what=f"L1 hit p50 ({label})", value=percentile(hit, 50),
+                                  detail={"p99_ms": percentile(hit, 99), "baseline_p99_ms": percentile(direct, 99),
+                                          "added_ms": percentile(hit, 50) - base, "requests": requests}, **common))
+            figures.append(Figure(f"miss_latency{suffix}", what=f"miss p50, L1 only ({label})",
+                                  value=percentile(miss, 50),
+                                  detail={"p99_ms": percentile(miss, 99), "added_ms": percentile(miss, 50) - base,
+                                          "requests": requests}, **common))
+            # Bare and gateway take turns, one ratio per round: a ratio of runs back to back
+            # suffers far less from a shared machine's drift than two separate averages.
+            ratios, bare_rates, hit_rates, tool = [], [], [], ""
+            for r in range(rounds):
+                progress.step(f"L1 throughput ({label}), round {r + 1}/{rounds}: {duration:.0f} s bare, "
+                              f"{duration:.0f} s gateway, {connections} connections")
+                bare_rps, tool = await asyncio.to_thread(load, bare_url, duration, connections)
+                hit_rps, tool = await asyncio.to_thread(load, url, duration, connections)
+                bare_rates.append(bare_rps)
+                hit_rates.append(hit_rps)
+                ratios.append(hit_rps / bare_rps)
+            best = sorted(range(rounds), key=lambda k: ratios[k])[rounds // 2]  # the median round
+            figures.append(Figure(
+                f"l1_hit_throughput{suffix}", section="l1", what=f"L1-hit throughput ({label})",
+                value=hit_rates[best], unit="req/s", baseline="bare aiohttp handler", baseline_value=bare_rates[best],
+                better="higher", detail={"load_generator": tool, "connections": connections, "seconds": duration,
+                                         "round_ratios": ratios},
+            ))
+    finally:
+        stop_all(procs)
+        if redis_proc is not None:
+            redis_proc.stop()
+    return figures
+
+
+# Stored questions, and rewordings the shipped verifier scores >= 0.99 with every backend, so
+# the L3 series measures verified hits (a rewording that failed would show up as a miss).
+STORED = [
+    "How do I reverse a list in Python?", "How do I read a file line by line in Python?",
+    "How do I merge two dictionaries in Python?", "How do I sort a dictionary by value in Python?",
+    "How do I check if a file exists in Python?", "How do I convert a string to an integer in Python?",
+    "How do I remove duplicates from a list in Python?", "How do I get the current time in Python?",
+    "How do I split a string by a delimiter in Python?", "How do I create a virtual environment in Python?",
+    "How do I install a package with pip?", "How do I iterate over a dictionary in Python?",
+    "How do I concatenate two lists in Python?", "How do I parse JSON in Python?",
+    "How do I make an HTTP request in Python?", "How do I copy a file in Python?",
+    "How do I find the length of a list in Python?", "How do I flatten a nested list in Python?",
+    "How do I catch multiple exceptions in Python?", "How do I write a CSV file in Python?",
+]
+
+
+def reworded(question: str) -> str:
+    return question.rstrip("?") + ", please?"
+
+
+async def bench_semantic(progress: Progress, *, requests: int, start_timeout: float = 300.0) -> list[Figure]:
+    upstream_port, serve_port = free_port(), free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="reflex-bench-") as tmp:
+        try:
+            procs.append(spawn_server("upstream", upstream_port))
+            upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
+            procs.append(_spawn_reflex("serve", _env(
+                REFLEX_PORT=str(serve_port), REFLEX_UPSTREAM_URL=upstream_url,
+                REFLEX_STORAGE_PATH=str(Path(tmp) / "data"),
+                # Every stored entry of the tenant is a candidate: the verifier always runs.
+                REFLEX_L2_MIN_SIMILARITY="-1",
+            )))
+            progress.step("semantic: starting `reflex serve` (embedder, verifier, Qdrant Edge)")
+            await wait_up(f"{upstream_url}/models", 30, procs[0])
+            await wait_up(f"http://127.0.0.1:{serve_port}/ready", start_timeout, procs[1])
+            url = f"http://127.0.0.1:{serve_port}/v1/chat/completions"
+            tenant = {"Authorization": f"Bearer sk-bench-semantic-{time.time_ns()}"}
+            progress.step(f"semantic: storing {len(STORED)} questions")
+            stored = await interleaved({"store": (url, lambda i: _question(
+                STORED[i], {**tenant, "X-Reflex-Cache": "refresh"}))}, len(STORED), warmup=0)
+            _check(stored["store"], "bypass", "storing")
+            await _wait_stored(url, tenant)
+            progress.step(f"semantic: {requests} requests per series (direct / L3 hit / miss with candidates / "
+                          "miss without)")
+            fresh = time.time_ns()
+            samples = await interleaved({
+                "direct": (f"{upstream_url}/chat/completions", lambda i: _question(f"direct {fresh} {i}")),
+                "l3": (url, lambda i: _question(reworded(STORED[i % len(STORED)]), tenant)),
+                "miss_candidates": (url, lambda i: _question(
+                    f"What was the population of the town numbered {fresh + i} in 1850?", tenant)),
+                "miss_none": (url, lambda i: _question(
+                    f"new question {fresh} {i}", {"Authorization": f"Bearer sk-bench-alone-{fresh}-{i}"})),
+            }, requests, warmup=3)
+        finally:
+            stop_all(procs)
+    direct = [ms for ms, _ in samples["direct"]]
+    base = percentile(direct, 50)
+    common = {"section": "semantic", "unit": "ms", "baseline": "fake upstream called directly (p50)",
+              "baseline_value": base, "better": "lower"}
+    for key, series, status, what in (
+        ("l3_hit_latency", "l3", "hit-l3-verified", "L3-verified hit p50 (`reflex serve`)"),
+        ("miss_with_candidates_latency", "miss_candidates", "miss", "miss with candidates to verify p50"),
+        ("miss_no_candidate_latency", "miss_none", "miss", "miss with no candidate p50"),
+    ):
+        ms = _check(samples[series], status, what)
+        figures.append(Figure(key, what=what, value=percentile(ms, 50),
+                              detail={"p99_ms": percentile(ms, 99), "added_ms": percentile(ms, 50) - base,
+                                      "requests": requests}, **common))
+    return figures
+
+
+async def _wait_stored(url: str, tenant: dict[str, str], timeout: float = 30.0) -> None:
+    """Until the last stored question is found by L2 and verified (writes happen after the
+    response is sent, so the store phase returns before they land)."""
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            _, status = await _one(session, url, _question(reworded(STORED[-1]), tenant))
+            if status == "hit-l3-verified":
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"stored questions never became L3 hits (last status {status})")
+            await asyncio.sleep(0.2)

@@ -1,0 +1,172 @@
+"""Export an encoder to ONNX once, quantize it to int8, and cache both on disk.
+
+The cache holds one directory per (weights, recipe, versions): ``<name>-<key>/model.onnx`` and
+``model.int8.onnx``. The key hashes the model directory's config.json and weight files, the output
+taken, the input names, this module's recipe version and the torch and ONNX Runtime versions,
+so new weights, a changed recipe or an upgrade export afresh instead of reading a stale file.
+Files are written under a temporary name and renamed into place, so two processes loading the
+same model at once (``reflex up --embedders 2``) never read a half-written file; at worst both
+export it. Nothing is downloaded: the export traces the module already loaded from disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import uuid
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import blake3
+import torch
+
+log = logging.getLogger("reflex.onnx")
+
+# Bump when the export or the quantization below changes: old cache entries are then ignored.
+RECIPE_VERSION = 1
+# The opset of the TorchScript exporter's BERT graphs; ONNX Runtime >= 1.16 runs it.
+OPSET = 17
+# Files of a model directory that decide the exported graph: the architecture and the weights
+# (not the tokenizer, nor other JSON a model directory may carry, such as the verifier's
+# decision weights, which are applied after the model).
+_GRAPH_FILES = ("config.json",)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def default_cache_root() -> Path:
+    """~/.cache/reflex/models, like ``reflex eval``'s ~/.cache/reflex/eval (the images set
+    HOME to a writable directory)."""
+    return Path.home() / ".cache" / "reflex" / "models"
+
+
+def cache_key(source: Path, *, output: str, input_names: Sequence[str]) -> str:
+    import onnxruntime
+
+    digest = blake3.blake3()
+    recipe = f"{RECIPE_VERSION}|{OPSET}|{output}|{','.join(input_names)}|{torch.__version__}|{onnxruntime.__version__}"
+    digest.update(recipe.encode())
+    for path in sorted(p for p in source.iterdir()
+                       if p.is_file() and (p.name in _GRAPH_FILES or p.suffix in _WEIGHT_SUFFIXES)):
+        digest.update(b"\0" + path.name.encode() + b"\0")
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:20]
+
+
+class _Output(torch.nn.Module):
+    """The module with positional inputs and the one output wanted (the exporter traces
+    ``forward(*inputs)``; the pooler and anything else unused is left out of the graph)."""
+
+    def __init__(self, module: torch.nn.Module, output: str, input_names: Sequence[str]) -> None:
+        super().__init__()
+        self.module = module
+        self.output = output
+        self.input_names = tuple(input_names)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return getattr(self.module(**dict(zip(self.input_names, inputs, strict=True))), self.output)
+
+
+def _example(input_names: Sequence[str], pad_id: int) -> tuple[torch.Tensor, ...]:
+    # Two rows of different lengths: the second is padded, so the trace goes through the
+    # attention-mask path (an all-ones mask could let the model skip masking at trace time).
+    ids = torch.tensor([[101, 2129, 2079, 1045, 2415, 1037, 4487, 2615, 102], [101, 7592, 102] + [pad_id] * 6])
+    mask = (torch.arange(ids.shape[1]) < torch.tensor([[9], [3]])).long()
+    tensors = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    return tuple(tensors[name] for name in input_names)
+
+
+def _export_fp32(module: torch.nn.Module, dst: Path, *, output: str, input_names: Sequence[str], pad_id: int) -> None:
+    wrapper = _Output(module, output, input_names).eval()
+    dynamic = {name: {0: "batch", 1: "sequence"} for name in input_names}
+    dynamic["output"] = {0: "batch"} if output == "logits" else {0: "batch", 1: "sequence"}
+    # The exporter warns about tracing and deprecation at length on every BERT; the export is
+    # checked against eager torch instead (tests/models/test_backends.py). catch_warnings is
+    # process-wide for its duration: this runs once per model, at load, before serving.
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The TorchScript exporter (dynamo=False): it needs no onnxscript, keeps the modules'
+        # names on the nodes, and its BERT graph ran faster under ONNX Runtime than the
+        # dynamo exporter's in our measurement. It ships with the pinned torch.
+        torch.onnx.export(
+            wrapper, _example(input_names, pad_id), str(dst), dynamo=False, input_names=list(input_names),
+            output_names=["output"], dynamic_axes=dynamic, opset_version=OPSET, do_constant_folding=True,
+        )
+
+
+class _QuantizerChatter(logging.Filter):
+    """Drops the quantizer's per-tensor INFO lines and its generic pre-processing advice, which
+    it logs on the root logger itself (a filter there sees only records logged to the root
+    directly, never those of named loggers passing through it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "onnxruntime" not in record.pathname or record.levelno >= logging.ERROR
+
+
+def _quantize_int8(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    chatter = _QuantizerChatter()
+    logging.getLogger().addFilter(chatter)
+    try:
+        # Weights int8 per output channel (per tensor moved the shipped verifier's
+        # probabilities by up to 0.52, per channel by 0.25, on 300 QQP pairs); activations are
+        # quantized per batch at run time. Only MatMuls against constant weights are
+        # quantized, never activation x activation products (attention scores).
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         extra_options={"MatMulConstBOnly": True})
+    finally:
+        logging.getLogger().removeFilter(chatter)
+
+
+def _writable(root: Path) -> Path:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".probe-{uuid.uuid4().hex}"
+        probe.touch()
+        probe.unlink()
+        return root
+    except OSError as exc:
+        fallback = Path(tempfile.gettempdir()) / f"reflex-models-{os.getuid()}"
+        log.warning("model cache %s is not writable (%s); exporting into %s (set REFLEX_MODEL_CACHE_PATH)",
+                    root, exc, fallback)
+        fallback.mkdir(parents=True, exist_ok=True)
+        return fallback
+
+
+def _atomic(dst: Path, write: Callable[[Path], None]) -> None:
+    tmp = dst.with_name(f"{dst.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def exported_model(
+    module: torch.nn.Module,
+    *,
+    output: str,
+    source: Path,
+    input_names: Sequence[str],
+    quantize: bool,
+    cache_path: Path | None,
+    pad_id: int,
+) -> Path:
+    """The ONNX file for ``module`` (fp32, or int8 when ``quantize``), exported on a cache miss."""
+    key = cache_key(source, output=output, input_names=input_names)
+    entry = _writable(cache_path or default_cache_root()) / f"{source.name}-{key}"
+    entry.mkdir(parents=True, exist_ok=True)
+    fp32, int8 = entry / "model.onnx", entry / "model.int8.onnx"
+    if not fp32.is_file() and not (quantize and int8.is_file()):
+        log.info("exporting %s to ONNX (once; cached in %s)", source, entry)
+        _atomic(fp32, lambda tmp: _export_fp32(module, tmp, output=output, input_names=input_names, pad_id=pad_id))
+    if not quantize:
+        return fp32
+    if not int8.is_file():
+        log.info("quantizing %s to int8", fp32)
+        _atomic(int8, lambda tmp: _quantize_int8(fp32, tmp))
+    return int8

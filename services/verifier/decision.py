@@ -1,0 +1,217 @@
+"""The verifier's decision model: one calibrated probability from every signal L2 and L3 have.
+
+The cross-encoder alone is a weak judge of the rewordings real users send, and the cosine
+that L2 already computed carries information it misses. This module combines, for each
+(query, candidate) pair:
+
+- the cross-encoder's logit for (query, candidate). The other order (candidate, query) is
+  supported as a feature too, but the shipped model does not use it: on validation it bought
+  nothing (41.4% of the devset's validation paraphrases at the threshold with one order, 41.9%
+  with both: one pair) and it doubles the cross-encoder's cost;
+- the embedder's cosine (the gateway has it already; nothing is recomputed);
+- lexical overlap: token Jaccard and containment (what share of the shorter side's tokens the
+  other side has), which separate near repeats from rewordings;
+- the flags of ``services.verifier.rules`` (numbers, negation, antonyms, entities differ),
+  as 0/1 inputs instead of a fixed penalty, so that their weight is learned.
+
+into a logistic regression (weights in ``model/decision.json``, trained and calibrated by
+``services/verifier/training/combiner.py``), then a temperature/bias (Platt) calibration
+fitted on validation data, so that ``threshold`` reads as a probability of "same question".
+
+Runtime cost is a dot product of ~12 numbers and a few regexes per pair: negligible next to
+the cross-encoder. numpy and the standard library only; nothing here imports torch.
+
+Cache mode (several stored questions close to one query) is handled by ``choose``: see there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ARTIFACT_NAME = "decision.json"
+ARTIFACT_VERSION = 1
+
+# Logits are clipped before use: the service sees sigmoid(logit) in fp16/fp32, which
+# saturates near |logit| = 9 to 16, so anything past this is "certain" either way.
+LOGIT_CLIP = 9.0
+
+_TOKEN = re.compile(r"[a-z0-9]+(?:[.+#'’][a-z0-9]+)*[+#]*")
+
+# Rule flags in the order they appear as features; names are those of services.verifier.rules.RULES.
+RULE_NAMES = ("numbers", "negation", "antonyms", "entities")
+
+# Every feature the extractor can produce. An artifact names the ones it uses, in its order.
+ALL_FEATURES = (
+    "ce_qc",         # logit(query, candidate), clipped
+    "ce_mean",       # (logit(q, c) + logit(c, q)) / 2
+    "ce_min",        # min of the two orders: the more sceptical reading
+    "cosine",        # embedder cosine
+    "jaccard",       # |A ∩ B| / |A ∪ B| over word tokens
+    "containment",   # |A ∩ B| / min(|A|, |B|)
+    "rule_numbers",
+    "rule_negation",
+    "rule_antonyms",
+    "rule_entities",
+    "any_rule",      # 1 when any rule fired
+)
+
+
+def default_artifact_path() -> Path:
+    return Path(__file__).resolve().parent / "model" / ARTIFACT_NAME
+
+
+def logit_from_probability(p: float | np.ndarray) -> np.ndarray:
+    """Inverse sigmoid, clipped: for callers that only have the cross-encoder's probability."""
+    q = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.clip(np.log(q) - np.log1p(-q), -LOGIT_CLIP, LOGIT_CLIP)
+
+
+def _tokens(text: str) -> set[str]:
+    return set(_TOKEN.findall(text.lower().replace("’", "'")))
+
+
+def lexical_overlap(query: str, candidate: str) -> tuple[float, float]:
+    """(Jaccard, containment) of the two texts' word-token sets."""
+    a, b = _tokens(query), _tokens(candidate)
+    if not a or not b:
+        return 0.0, 0.0
+    inter = len(a & b)
+    return inter / len(a | b), inter / min(len(a), len(b))
+
+
+def rule_flags(query: str, candidate: str) -> dict[str, bool]:
+    """Which of the verifier's rules fire on this pair (each a pure function of the texts)."""
+    # Imported here, not at module load: rules.py pulls in the settings module, which callers
+    # that only score cached features (training, notebooks) should not need.
+    from services.verifier import rules
+
+    by_name = {r.name: r.fires for r in rules.RULES}
+    return {name: bool(by_name[name](query, candidate)) for name in RULE_NAMES}
+
+
+def pair_features(query: str, candidate: str, ce_qc: float, cosine: float, ce_cq: float | None = None
+                  ) -> dict[str, float]:
+    """Every feature in ALL_FEATURES for one pair. ``ce_qc`` is the cross-encoder logit for
+    (query, candidate), ``ce_cq`` the one for (candidate, query) when the caller has it (the
+    two-order features then use it; without it they read the one order twice); ``cosine`` is
+    the embedder's."""
+    lq = float(np.clip(ce_qc, -LOGIT_CLIP, LOGIT_CLIP))
+    lc = lq if ce_cq is None else float(np.clip(ce_cq, -LOGIT_CLIP, LOGIT_CLIP))
+    jac, cont = lexical_overlap(query, candidate)
+    flags = rule_flags(query, candidate)
+    out = {"ce_qc": lq, "ce_mean": (lq + lc) / 2, "ce_min": min(lq, lc), "cosine": float(cosine), "jaccard": jac,
+           "containment": cont}
+    out.update({f"rule_{k}": float(v) for k, v in flags.items()})
+    out["any_rule"] = float(any(flags.values()))
+    return out
+
+
+@dataclass(frozen=True)
+class DecisionModel:
+    """A calibrated logistic regression over named features, as stored in decision.json.
+
+    p = sigmoid(a * (w · (x - mean) / scale + bias) + b), where (a, b) is the Platt calibration.
+    """
+
+    features: tuple[str, ...]
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    bias: float
+    calibration_a: float
+    calibration_b: float
+    threshold: float
+    margin: float
+    meta: dict
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_dict(cls, d: dict) -> DecisionModel:
+        if d.get("version") != ARTIFACT_VERSION:
+            raise ValueError(f"decision model: artifact version {d.get('version')!r}, expected {ARTIFACT_VERSION}")
+        feats = tuple(d["features"])
+        unknown = set(feats) - set(ALL_FEATURES)
+        if unknown:
+            raise ValueError(f"decision model: unknown features {sorted(unknown)}")
+        n = len(feats)
+        arrays = [np.asarray(d[k], dtype=np.float64) for k in ("mean", "scale", "weights")]
+        if any(a.shape != (n,) for a in arrays):
+            raise ValueError("decision model: mean/scale/weights must each have one value per feature")
+        return cls(feats, *arrays, float(d["bias"]), float(d["calibration"]["a"]), float(d["calibration"]["b"]),
+                   float(d["threshold"]), float(d.get("margin", 0.0)), dict(d.get("meta", {})))
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> DecisionModel:
+        path = path or default_artifact_path()
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def to_dict(self) -> dict:
+        return {"version": ARTIFACT_VERSION, "features": list(self.features), "mean": self.mean.tolist(),
+                "scale": self.scale.tolist(), "weights": self.weights.tolist(), "bias": self.bias,
+                "calibration": {"a": self.calibration_a, "b": self.calibration_b}, "threshold": self.threshold,
+                "margin": self.margin, "meta": self.meta}
+
+    # ------------------------------------------------------------------ scoring
+    def matrix(self, rows: Sequence[dict[str, float]]) -> np.ndarray:
+        return np.array([[r[f] for f in self.features] for r in rows], dtype=np.float64).reshape(-1, len(self.features))
+
+    def raw_logit(self, x: np.ndarray) -> np.ndarray:
+        """The regression's own logit (before calibration) for a feature matrix."""
+        return ((x - self.mean) / self.scale) @ self.weights + self.bias
+
+    def probability_from_matrix(self, x: np.ndarray) -> np.ndarray:
+        z = self.calibration_a * self.raw_logit(x) + self.calibration_b
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+
+    @property
+    def needs_both_orders(self) -> bool:
+        """Whether the cross-encoder must also score (candidate, query)."""
+        return any(f in ("ce_mean", "ce_min") for f in self.features)
+
+    def score(self, query: str, candidates: Sequence[str], ce_qc: Sequence[float], cosines: Sequence[float],
+              ce_cq: Sequence[float] | None = None) -> np.ndarray:
+        """Calibrated P(same question) for each candidate of one query.
+
+        ``ce_qc[i]``: the cross-encoder logit of (query, candidates[i]) (``logit_from_probability``
+        turns the service's probability back into it); ``cosines[i]``: the embedder cosine that
+        L2 found the candidate by; ``ce_cq[i]``: the (candidates[i], query) logit, needed only
+        when ``needs_both_orders``."""
+        if not (len(candidates) == len(ce_qc) == len(cosines)) or (ce_cq is not None and len(ce_cq) != len(ce_qc)):
+            raise ValueError("decision model: one logit and one cosine per candidate are needed")
+        if ce_cq is None and self.needs_both_orders:
+            raise ValueError("decision model: this artifact uses both cross-encoder orders; pass ce_cq")
+        other = ce_cq if ce_cq is not None else [None] * len(candidates)
+        rows = [pair_features(query, c, a, s, b) for c, a, s, b in zip(candidates, ce_qc, cosines, other)]
+        return self.probability_from_matrix(self.matrix(rows))
+
+    def choose(self, probabilities: Sequence[float]) -> int | None:
+        """Cache mode: the index of the candidate to serve, or None for a miss.
+
+        The best candidate by calibrated probability is served when it reaches ``threshold``
+        and, if a second candidate also reaches it, leads that one by at least ``margin``:
+        two stored questions that both look like the query are a sign that the query sits
+        between two entries (near-duplicate questions that want different answers), and a
+        miss there costs only a model call where a wrong pick serves a wrong answer."""
+        p = np.asarray(probabilities, dtype=np.float64)
+        if p.size == 0:
+            return None
+        order = np.argsort(-p, kind="stable")
+        best = int(order[0])
+        if p[best] < self.threshold:
+            return None
+        if p.size > 1:
+            second = float(p[order[1]])
+            if second >= self.threshold and p[best] - second < self.margin:
+                return None
+        return best
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))

@@ -1,0 +1,45 @@
+"""`reflex bench` runs end to end and reports what it promises: every figure a positive ratio
+to a baseline from the same run. No timing is asserted here (speed targets are read from the
+command's figures, never checked by timed assertions)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+EXPECTED = {
+    "l1": {"l1_hit_latency", "miss_latency", "l1_hit_throughput"},
+    "semantic": {"l3_hit_latency", "miss_with_candidates_latency", "miss_no_candidate_latency"},
+    "models": {"embedder_throughput", "embed_latency", "verifier_throughput", "score_latency", "score_vs_embed"},
+}
+
+
+@pytest.mark.slow
+def test_quick_bench_reports_every_figure_as_a_positive_ratio(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFLEX_")}
+    env["HOME"] = str(Path.home())  # the ONNX export cache, shared with the other model tests
+    result = subprocess.run([sys.executable, "-m", "commands.cli", "bench", "--quick", "--json"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout)
+    assert report["quick"] is True and report["sections"] == ["l1", "semantic", "models"]
+    assert set(report["settings"]) >= {"embedder_backend", "verifier_backend", "device"}
+    figures = report["figures"]
+    by_section: dict[str, set[str]] = {}
+    for f in figures:
+        assert set(f) >= {"key", "section", "what", "value", "unit", "baseline", "baseline_value", "better", "ratio"}
+        assert f["better"] in ("lower", "higher")
+        for number in (f["value"], f["baseline_value"], f["ratio"]):
+            assert isinstance(number, float) and math.isfinite(number) and number > 0, f
+        assert f["ratio"] == pytest.approx(f["value"] / f["baseline_value"])
+        by_section.setdefault(f["section"], set()).add(f["key"])
+    assert by_section == EXPECTED
+    assert "[" in result.stderr  # progress lines went to stderr, not into the JSON

@@ -29,7 +29,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from commands.bench_common import Figure, Progress, free_port, percentile, stop_all, wait_up
+from commands.bench_common import (
+    Figure,
+    Progress,
+    free_port,
+    percentile,
+    stop_all,
+    wait_up,
+)
 from commands.bench_servers import RedisProcess, spawn_server
 
 BODY = {"model": "bench-model", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
@@ -175,9 +182,9 @@ async def bench_l1(progress: Progress, *, requests: int, duration: float, connec
             progress.step(f"L1 ({label}): {requests} sequential requests per series (direct / hit / miss)")
             fresh = time.time_ns()
             samples = await interleaved({
-                "direct": (direct_url, lambda i: _question(f"direct question {fresh} {i}")),
+                "direct": (direct_url, lambda i, fresh=fresh: _question(f"direct question {fresh} {i}")),
                 "hit": (url, lambda i: (BODY, HEADERS)),
-                "miss": (url, lambda i: _question(f"new question {fresh} {i}")),
+                "miss": (url, lambda i, fresh=fresh: _question(f"new question {fresh} {i}")),
             }, requests, warmup=10)
             direct = [ms for ms, _ in samples["direct"]]
             hit = _check(samples["hit"], "hit-l1-exact", "L1 hit")
@@ -217,20 +224,19 @@ async def bench_l1(progress: Progress, *, requests: int, duration: float, connec
     return figures
 
 
-# Stored questions, and rewordings the shipped verifier scores >= 0.99 with every backend, so
-# the L3 series measures verified hits (a rewording that failed would show up as a miss).
-STORED = [
-    "How do I reverse a list in Python?", "How do I read a file line by line in Python?",
-    "How do I merge two dictionaries in Python?", "How do I sort a dictionary by value in Python?",
-    "How do I check if a file exists in Python?", "How do I convert a string to an integer in Python?",
-    "How do I remove duplicates from a list in Python?", "How do I get the current time in Python?",
-    "How do I split a string by a delimiter in Python?", "How do I create a virtual environment in Python?",
-    "How do I install a package with pip?", "How do I iterate over a dictionary in Python?",
-    "How do I concatenate two lists in Python?", "How do I parse JSON in Python?",
-    "How do I make an HTTP request in Python?", "How do I copy a file in Python?",
-    "How do I find the length of a list in Python?", "How do I flatten a nested list in Python?",
-    "How do I catch multiple exceptions in Python?", "How do I write a CSV file in Python?",
-]
+# Stored questions (coding how-tos, as agents ask them), and a rewording the shipped verifier
+# scores far above its threshold ("..., please?"), so the L3 series measures verified hits. Each
+# query is asked once: a repeated one would be answered by L1.
+_VERBS = ("reverse", "sort", "copy", "merge", "flatten", "serialize", "parse", "validate")
+_NOUNS = ("a list", "a dictionary", "a JSON file", "a CSV file", "a string", "a date", "a set", "a queue")
+_LANGUAGES = ("Python", "Rust", "Go", "JavaScript")
+
+
+def stored_questions(n: int) -> list[str]:
+    every = [f"How do I {verb} {noun} in {lang}?" for lang in _LANGUAGES for verb in _VERBS for noun in _NOUNS]
+    if n > len(every):
+        raise ValueError(f"at most {len(every)} stored questions")
+    return every[:n]
 
 
 def reworded(question: str) -> str:
@@ -256,22 +262,24 @@ async def bench_semantic(progress: Progress, *, requests: int, start_timeout: fl
             await wait_up(f"http://127.0.0.1:{serve_port}/ready", start_timeout, procs[1])
             url = f"http://127.0.0.1:{serve_port}/v1/chat/completions"
             tenant = {"Authorization": f"Bearer sk-bench-semantic-{time.time_ns()}"}
-            progress.step(f"semantic: storing {len(STORED)} questions")
+            warmup = 3
+            questions = stored_questions(max(20, requests + warmup + 1))
+            progress.step(f"semantic: storing {len(questions)} questions")
             stored = await interleaved({"store": (url, lambda i: _question(
-                STORED[i], {**tenant, "X-Reflex-Cache": "refresh"}))}, len(STORED), warmup=0)
+                questions[i], {**tenant, "X-Reflex-Cache": "refresh"}))}, len(questions), warmup=0)
             _check(stored["store"], "bypass", "storing")
-            await _wait_stored(url, tenant)
+            await _wait_stored(url, tenant, questions[-1])
             progress.step(f"semantic: {requests} requests per series (direct / L3 hit / miss with candidates / "
                           "miss without)")
             fresh = time.time_ns()
             samples = await interleaved({
                 "direct": (f"{upstream_url}/chat/completions", lambda i: _question(f"direct {fresh} {i}")),
-                "l3": (url, lambda i: _question(reworded(STORED[i % len(STORED)]), tenant)),
+                "l3": (url, lambda i: _question(reworded(questions[i]), tenant)),
                 "miss_candidates": (url, lambda i: _question(
                     f"What was the population of the town numbered {fresh + i} in 1850?", tenant)),
                 "miss_none": (url, lambda i: _question(
                     f"new question {fresh} {i}", {"Authorization": f"Bearer sk-bench-alone-{fresh}-{i}"})),
-            }, requests, warmup=3)
+            }, requests, warmup=warmup)
         finally:
             stop_all(procs)
     direct = [ms for ms, _ in samples["direct"]]
@@ -290,15 +298,15 @@ async def bench_semantic(progress: Progress, *, requests: int, start_timeout: fl
     return figures
 
 
-async def _wait_stored(url: str, tenant: dict[str, str], timeout: float = 30.0) -> None:
-    """Until the last stored question is found by L2 and verified (writes happen after the
-    response is sent, so the store phase returns before they land)."""
+async def _wait_stored(url: str, tenant: dict[str, str], last: str, timeout: float = 30.0) -> None:
+    """Until the last stored question (one the series never asks) is an L3 hit when reworded:
+    writes happen after the response is sent, so the store phase returns before they land."""
     import aiohttp
 
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
         while True:
-            _, status = await _one(session, url, _question(reworded(STORED[-1]), tenant))
+            _, status = await _one(session, url, _question(reworded(last), tenant))
             if status == "hit-l3-verified":
                 return
             if time.monotonic() > deadline:

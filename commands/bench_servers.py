@@ -94,7 +94,7 @@ class RedisProcess:
     def available() -> bool:
         return shutil.which("redis-server") is not None
 
-    def start(self) -> "RedisProcess":
+    def start(self) -> RedisProcess:
         self._proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", self._dir.name],

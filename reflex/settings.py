@@ -346,13 +346,27 @@ class VerifierDecisionSettings(SettingsGroup):
     model_config = SettingsConfigDict(env_prefix="REFLEX_RERANKER_")
 
     threshold: float = Field(
-        0.92,
+        0.96,
         ge=0.0,
         le=1.0,
-        description="Verifier probability at or above which an L2 candidate is served (L3 hit). 0.92 is the "
-        "lowest that keeps the shipped verifier at <=1% false hits on QQP validation (services/verifier/model/"
-        "MODEL_CARD.md); lower serves more hits and more wrong answers (on QQP validation, 0.88: 24% hits "
-        "at 1.8% false hits; 0.92: 11.5% at 0.8%).",
+        description="Verifier probability at or above which an L2 candidate is served (L3 hit). The verifier "
+        "answers the decision model's calibrated probability (services/verifier/model/decision.json: the "
+        "cross-encoder logit, the L2 cosine, lexical overlap and the rule flags, Platt-calibrated), so 0.96 "
+        "reads as a 96% chance of the same question. 0.96 is the lowest that keeps the validation traps (the "
+        "hand-written devset's validation part and generated pairs, never QQP's noisy labels) at <=1% false "
+        "hits. Measured by `reflex eval` on data never trained on: devset test 41% of paraphrases served at "
+        "0% of traps (the cross-encoder alone at its old 0.92: 30% / 1.2%), cache-mode precision there "
+        "98.8% (before: 93.5%; cosine top-1 at the same hits: 58%), fow-cache 21% / 0.7% (before: 22% / "
+        "0.7%), QQP validation 22% / 1.7% (before: 12% / 0.6%) (MODEL_CARD.md). With a checkpoint that has "
+        "no decision model the score is the cross-encoder's own probability, for which 0.92 was the pick.",
+    )
+    margin: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Cache mode: when a second candidate also reaches the threshold, serve the best only if it "
+        "leads by at least this much (reflex/decision_rule.py). 0 (the decision model's fitted margin: no "
+        "margin kept cache precision at or above cosine top-1's on validation) serves the best.",
     )
 
 
@@ -537,26 +551,38 @@ class ModelSettings(SettingsGroup):
         validation_alias=_alias("REFLEX_RERANKER_PATH"),
         description="Cross-encoder directory for the verifier (default: the model shipped in Reflex).",
     )
+    verifier_decision: str = Field(
+        "auto",
+        min_length=1,
+        description="The verifier's decision model (services/verifier/decision.py), which turns the "
+        "cross-encoder logit and the L2 cosine into one calibrated probability. 'auto': decision.json next to "
+        "the checkpoint (the shipped one has it; a checkpoint without one serves its own probability, "
+        "logged at start). 'off': the cross-encoder's probability alone (the previous verifier; pair it "
+        "with REFLEX_RERANKER_THRESHOLD=0.92). Or the path of a decision.json. A decision model fitted for "
+        "another checkpoint (meta.cross_encoder_sha) stops the verifier from starting.",
+    )
     device: str | None = Field(None, description="torch device: 'cuda', 'cuda:1', 'cpu'. Unset: CUDA if present.")
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads for torch. Unset: the number of cores, capped at 8."
     )
     max_seq_length: int = Field(256, ge=8, description="Tokens kept per text (longer ones are truncated).")
     embedder_backend: str = Field(
-        "onnx-int8",
+        "onnx",
         pattern=r"^(torch|torch-int8|onnx|onnx-int8)$",
-        description="How the embedder runs on a CPU: 'torch' (fp32 eager), 'onnx' (the same fp32 weights "
-        "through ONNX Runtime, equal to 1e-5 and faster), 'onnx-int8' / 'torch-int8' (dynamic int8 "
-        "quantization of the linear layers: several times faster, vectors move slightly). The default is the "
-        "fastest whose `reflex eval` matched fp32 (README, Performance). The ONNX files are exported once and "
-        "cached (REFLEX_MODEL_CACHE_PATH). On CUDA the models always run in torch.",
+        description="How the embedder runs on a CPU: 'onnx' (the fp32 weights through ONNX Runtime: equal to "
+        "torch within 1e-5, about 2x faster), 'torch' (fp32 eager), 'onnx-int8' / 'torch-int8' (dynamic int8 "
+        "quantization of the linear layers: 3x / 1.4x faster than torch, but vectors move by up to 0.03 in "
+        "cosine and depend slightly on their batch-mates). The default is the fastest whose `reflex eval` "
+        "matched fp32 (README, Performance): onnx-int8 matched with the cross-encoder alone, not once the "
+        "verifier's decision model reads the cosine. ONNX files are exported once and cached "
+        "(REFLEX_MODEL_CACHE_PATH). On CUDA the models always run in torch.",
     )
     verifier_backend: str = Field(
         "onnx",
         pattern=r"^(torch|torch-int8|onnx|onnx-int8)$",
-        description="How the verifier runs on a CPU; the same choices as REFLEX_EMBEDDER_BACKEND. int8 is "
-        "3-4x faster per Score call but shifts scores down near the threshold (QQP validation hits fell by "
-        "about 3 points at 0.92, README), so the default keeps fp32 weights.",
+        description="How the verifier runs on a CPU; the same choices as REFLEX_EMBEDDER_BACKEND ('onnx' is "
+        "about 2.2x faster than 'torch' per Score call). int8 is 4x faster but shifts scores down near the "
+        "threshold (QQP validation hits fell by 3 points at 0.92, README), so the default keeps fp32 weights.",
     )
     model_cache_path: Path | None = Field(
         None,

@@ -39,8 +39,14 @@ class Embedder(Protocol):
 
 
 class Verifier(Protocol):
-    async def score(self, query: str, candidates: Sequence[str], *, timeout: float) -> list[float]:
-        """One probability in [0, 1] per candidate, in order, from a single call. Raises TierUnavailable."""
+    async def score(
+        self, query: str, candidates: Sequence[str], cosines: Sequence[float] | None = None, *, timeout: float
+    ) -> list[float]:
+        """One probability in [0, 1] per candidate, in order, from a single call. Raises TierUnavailable.
+
+        ``cosines``: the embedder cosine of each candidate to the query (L2's similarity), one
+        per candidate, or None when unknown. The verifier's decision model uses them; without
+        them it answers the cross-encoder's probability alone (see verifier.proto)."""
 
     async def check(self) -> None: ...
 

@@ -89,6 +89,7 @@ ASPECTS = ("What is", "How do I test", "How do I debug", "When should I avoid", 
            "What are common mistakes with", "How do I benchmark", "How do I document")
 PROTOCOLS = ("chat", "messages", "responses")
 ANTHROPIC_VERSION = "2023-06-01"
+ADMIN_TOKEN = "soak-admin-token"  # loopback only: the stats endpoint reports what is stored
 
 
 # ---------------------------------------------------------------------------- requests
@@ -287,6 +288,7 @@ def start_processes(args: argparse.Namespace, work: Path) -> tuple[subprocess.Po
         "REFLEX_L1_CAPACITY": str(args.l1_capacity),
         "REFLEX_RESPONSE_FORMAT": "auto",
         "REFLEX_LOG_LEVEL": "WARNING",
+        "REFLEX_ADMIN_TOKEN": ADMIN_TOKEN,
         # the soak shares its machine with the clients: a slow model call is a miss, not an error
         "REFLEX_EMBEDDER_TIMEOUT_MS": "2000",
         "REFLEX_VERIFIER_TIMEOUT_MS": "2000",
@@ -362,12 +364,14 @@ async def drive(args: argparse.Namespace, port: int, pid: int) -> tuple[Tally, l
             rss = rss_mib(pid)
             samples.append((float(minute), rss))
             done = sum(tally.counts.values())
+            l1, l2 = await stored_entries(session, base)
             print(f"minute {minute:4.1f}: RSS {rss:7.1f} MiB, {done} requests, "
-                  f"{tally.server_errors} 5xx, {sum(tally.unexpected.values())} unexpected", flush=True)
+                  f"{tally.server_errors} 5xx, {sum(tally.unexpected.values())} unexpected, "
+                  f"live entries L1 {l1} L2 {l2}", flush=True)
             minute += 1
 
     timeout = aiohttp.ClientTimeout(total=60)
-    connector = aiohttp.TCPConnector(limit=args.clients * 2)
+    connector = aiohttp.TCPConnector(limit=args.clients * 2 + 2)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         # the warm questions go in first, once per protocol and tenant, so "hits" mostly hit
         for protocol in PROTOCOLS:
@@ -380,6 +384,14 @@ async def drive(args: argparse.Namespace, port: int, pid: int) -> tuple[Tally, l
         await asyncio.gather(*(t.client(session, i) for i, t in enumerate(traffic)))
         await sampler
     return tally, samples
+
+
+async def stored_entries(session: aiohttp.ClientSession, base: str) -> tuple[int, int]:
+    """Live entries in L1 and L2 over all tenants (the admin stats endpoint), to tell a cache
+    that is still filling up from memory that grows while what is stored does not."""
+    async with session.get(base + "/admin/v1/stats", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as response:
+        tenants = (await response.json())["tenants"]
+    return (sum(t["entries"]["l1"] for t in tenants.values()), sum(t["entries"]["l2"] for t in tenants.values()))
 
 
 def report(tally: Tally, samples: list[tuple[float, float]], args: argparse.Namespace) -> int:

@@ -13,9 +13,23 @@ from typing import Any
 import numpy as np
 import orjson
 
-from commands.eval.data import FOW_CACHE, QQP_VALIDATION, Pair, PairsError, load_pairs
+from commands.eval.data import (
+    DEVSET_TEST,
+    FOW_CACHE,
+    QQP_VALIDATION,
+    Pair,
+    PairsError,
+    load_pairs,
+)
 from commands.eval.embedding import EmbeddingCache, embed_texts
-from commands.eval.metrics import Scored, metrics_at, sweep, sweep_grid, threshold_for_false_hit_rate
+from commands.eval.metrics import (
+    Scored,
+    metrics_at,
+    metrics_at_hits,
+    sweep,
+    sweep_grid,
+    threshold_for_false_hit_rate,
+)
 from commands.eval.modes import Judged, Knobs, Mode, run_cache, run_pairwise
 from commands.eval.report import DEFINITIONS, render_text, scorer_block
 from commands.eval.tiers import EvalTiers, open_tiers
@@ -47,8 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--pairs",
         required=True,
         help=f"JSONL file of {{\"a\", \"b\", \"duplicate\"[, \"category\"]}} (.gz allowed), "
-        f"'{FOW_CACHE}' for the 600 question pairs bundled in the fow-cache package, or '{QQP_VALIDATION}' "
-        "for the verifier's held-out validation split of the QQP dev file (REFLEX_QQP_PATH)",
+        f"'{FOW_CACHE}' for the 600 question pairs bundled in the fow-cache package, '{QQP_VALIDATION}' "
+        "for the verifier's held-out validation split of the QQP dev file (REFLEX_QQP_PATH), or "
+        f"'{DEVSET_TEST}' (also 'devset-validation', 'devset') for the hand-written development set's "
+        "test part (services/verifier/training/data/devset.jsonl; never trained or calibrated on)",
     )
     parser.add_argument(
         "--mode",
@@ -166,6 +182,8 @@ async def measure(pairs: list[Pair], args: argparse.Namespace, settings: EvalSet
         timeout=args.timeout,
         ttl_secs=EVAL_TTL_SECS,
         progress=not (args.json or args.no_progress) and sys.stderr.isatty(),
+        threshold=args.threshold if args.threshold is not None else settings.verifier.threshold,
+        margin=settings.verifier.margin,
     )
     async with open_tiers(
         settings, verifier=args.verifier == "service", l2=mode is Mode.CACHE, call_timeout_secs=args.timeout
@@ -237,6 +255,9 @@ def build_result(pairs: list[Pair], measured: Measured, args: argparse.Namespace
         # The same run's cosines, so "cosine alone" and "verifier" are compared on equal terms.
         baseline = scorer_block(judged.cosine, _baseline_threshold(judged, targets), targets, categories)
         result["baseline_cosine"] = {k: v for k, v in baseline.items() if k != "per_category"}
+        # Cosine top-1 at the verifier's hit count, so that their precisions compare at equal
+        # hit rates (in cache mode the decision rule must never do worse than its own input).
+        result["baseline_cosine_at_same_hits"] = metrics_at_hits(judged.cosine, result["hits"]).as_dict()
     result["models"] = measured.models
     result["timings"] = measured.timings
     result["definitions"] = DEFINITIONS

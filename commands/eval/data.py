@@ -17,6 +17,15 @@ FOW_CACHE = "fow-cache"
 # split of the QQP dev file (REFLEX_QQP_PATH), computed by the training code itself so the
 # two can never disagree about which questions were held out.
 QQP_VALIDATION = "qqp-validation"
+# `--pairs devset-test` / `devset-validation` / `devset`: the hand-written development set
+# (services/verifier/training/data/devset.jsonl, 747 pairs of coding-agent and chat prompts)
+# split once by pair group. The decision model is calibrated and its threshold picked on the
+# validation part; the test part is never read by training, so it is the one to report.
+DEVSET = "devset"
+DEVSET_TEST = "devset-test"
+DEVSET_VALIDATION = "devset-validation"
+DEVSET_SOURCES = {DEVSET: None, DEVSET_TEST: "test", DEVSET_VALIDATION: "validation"}
+NAMED_SOURCES = (FOW_CACHE, QQP_VALIDATION, *DEVSET_SOURCES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +41,8 @@ class PairsError(ValueError):
 
 
 def load_pairs(source: str, *, limit: int | None = None, seed: int = 0, qqp_path: Path | None = None) -> list[Pair]:
-    """All pairs from ``source`` (a path, ``fow-cache`` or ``qqp-validation``).
+    """All pairs from ``source`` (a path, or one of NAMED_SOURCES: ``fow-cache``,
+    ``qqp-validation``, ``devset``, ``devset-test``, ``devset-validation``).
 
     With ``limit``, a seeded random sample of that many pairs, kept in file order. A sample
     rather than the first N because labelled files are often grouped or sorted (by label,
@@ -43,6 +53,8 @@ def load_pairs(source: str, *, limit: int | None = None, seed: int = 0, qqp_path
         pairs = _load_fow_cache()
     elif source == QQP_VALIDATION:
         pairs = _load_qqp_validation(qqp_path)
+    elif source in DEVSET_SOURCES:
+        pairs = _load_devset(DEVSET_SOURCES[source])
     else:
         pairs = list(_read_jsonl(Path(source)))
     if not pairs:
@@ -111,7 +123,11 @@ def _load_fow_cache() -> list[Pair]:
 
 
 def _load_qqp_validation(qqp_path: Path | None) -> list[Pair]:
-    from services.verifier.training.data import DEFAULT_QQP_PATH, read_pairs, split_by_question
+    from services.verifier.training.data import (
+        DEFAULT_QQP_PATH,
+        read_pairs,
+        split_by_question,
+    )
 
     path = qqp_path or DEFAULT_QQP_PATH
     if not path.is_file():
@@ -121,3 +137,16 @@ def _load_qqp_validation(qqp_path: Path | None) -> list[Pair]:
     except (OSError, EOFError, ValueError, KeyError) as exc:
         raise PairsError(f"qqp-validation: cannot read {path} ({exc})") from exc
     return [Pair(a=p.a, b=p.b, duplicate=p.duplicate) for p in validation]
+
+
+def _load_devset(split: str | None) -> list[Pair]:
+    """The development set (or one part of it), read by the training code's own loader, which
+    also checks that every group sits on the side its hash puts it."""
+    from services.verifier.training.combiner import DEVSET_PATH, load_devset
+
+    try:
+        dev = load_devset(split)
+    except (OSError, ValueError, KeyError) as exc:
+        raise PairsError(f"devset: cannot read {DEVSET_PATH} ({exc})") from exc
+    return [Pair(a=a, b=b, duplicate=bool(y), category=c or None)
+            for a, b, y, c in zip(dev.a, dev.b, dev.y.tolist(), dev.tag, strict=True)]

@@ -117,6 +117,22 @@ def metrics_at(scored: Scored, threshold: float) -> Metrics:
     )
 
 
+def metrics_at_hits(scored: Scored, hits: int) -> Metrics:
+    """Metrics of ``scored`` at (about) ``hits`` hits: the highest threshold is the one with the
+    most hits not above ``hits`` (ties in the scores can make the exact count unreachable).
+    For "cosine top-1 at the same hit rate as the verifier", from the same run."""
+    served = np.sort(scored.score[scored.score > NO_CANDIDATE])[::-1]
+    if hits <= 0 or served.size == 0:
+        return metrics_at(scored, math.inf)  # only the L1 exact hits (score inf), which every scorer serves
+    hits = min(hits, served.size)
+    threshold = served[hits - 1]
+    if hits < served.size and served[hits] == threshold:
+        # A tie straddles the count: the next score up keeps the hits at or under it.
+        above = served[served > threshold]
+        threshold = above[-1] if above.size else np.nextafter(threshold, math.inf)
+    return metrics_at(scored, float(threshold))
+
+
 def per_category(scored: Scored, categories: Sequence[str | None], threshold: float) -> dict[str, Metrics]:
     """Metrics at ``threshold`` for each category present (pairs without one are left out)."""
     labels = np.asarray([c if c is not None else "" for c in categories], dtype=object)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from commands.eval.aio import map_bounded, retry_overloaded
 from commands.eval.data import Pair
 from commands.eval.metrics import L1_HIT, NO_CANDIDATE, Scored
+from reflex import decision_rule
 from reflex.entry import CachedEntry
 from reflex.tiers import L2Candidate, L2Point, L2Scope, L2Store, Verifier
 
@@ -47,6 +48,10 @@ class Knobs:
     timeout: float  # per call; bulk calls queue behind each other, so far above the gateway's
     ttl_secs: int
     progress: bool
+    # Cache mode: the rule the gateway serves by (reflex/decision_rule.py) at this threshold
+    # (REFLEX_RERANKER_THRESHOLD or --threshold) and margin (REFLEX_RERANKER_MARGIN).
+    threshold: float = 0.96
+    margin: float = 0.0
 
 
 @dataclass(slots=True)
@@ -73,16 +78,20 @@ def _bar(desc: str, total: int, knobs: Knobs, unit: str = "call") -> tqdm:
     return tqdm(total=total, desc=desc, unit=unit, disable=not knobs.progress, leave=False, dynamic_ncols=True)
 
 
+# (query, candidates, their cosines to the query): one Score call, cosines sent as the gateway sends them.
+ScoreRequest = tuple[str, tuple[str, ...], tuple[float, ...]]
+
+
 async def _score_all(
-    verifier: Verifier, requests: Sequence[tuple[str, tuple[str, ...]]], knobs: Knobs, desc: str
-) -> dict[tuple[str, tuple[str, ...]], list[float]]:
-    """One Score call per distinct (query, candidates), many in flight so the verifier's batcher fills."""
+    verifier: Verifier, requests: Sequence[ScoreRequest], knobs: Knobs, desc: str
+) -> dict[ScoreRequest, list[float]]:
+    """One Score call per distinct (query, candidates, cosines), many in flight so the verifier's batcher fills."""
     distinct = list(dict.fromkeys(r for r in requests if r[1]))
     with _bar(desc, len(distinct), knobs) as bar:
 
-        async def one(request: tuple[str, tuple[str, ...]]) -> list[float]:
-            query, candidates = request
-            scores = await retry_overloaded(lambda: verifier.score(query, candidates, timeout=knobs.timeout))
+        async def one(request: ScoreRequest) -> list[float]:
+            query, candidates, cosines = request
+            scores = await retry_overloaded(lambda: verifier.score(query, candidates, cosines, timeout=knobs.timeout))
             if len(scores) != len(candidates):
                 raise RuntimeError(f"verifier returned {len(scores)} scores for {len(candidates)} candidates")
             return [float(s) for s in scores]
@@ -94,7 +103,7 @@ async def _score_all(
 async def run_pairwise(
     pairs: Sequence[Pair], vectors: dict[str, np.ndarray], verifier: Verifier | None, knobs: Knobs
 ) -> Judged:
-    """Each ``b`` against its own ``a``: the cosine floor first, then Score(b, [a])."""
+    """Each ``b`` against its own ``a``: the cosine floor first, then Score(b, [a], [cosine])."""
     cos = [cosine(vectors[p.a], vectors[p.b]) for p in pairs]
     passes = [c >= knobs.min_similarity for c in cos]
     duplicate = [p.duplicate for p in pairs]
@@ -105,12 +114,14 @@ async def run_pairwise(
     if verifier is None:
         return judged
     started = time.perf_counter()
-    requests = [(p.b, (p.a,)) for p, ok in zip(pairs, passes, strict=True) if ok]
+    requests = [(p.b, (p.a,), (c,)) for p, c, ok in zip(pairs, cos, passes, strict=True) if ok]
     scores = await _score_all(verifier, requests, knobs, "score")
     judged.timings["score"] = time.perf_counter() - started
     judged.score_calls = len(scores)
     judged.candidates_scored = len(scores)
-    verifier_score = [scores[(p.b, (p.a,))][0] if ok else NO_CANDIDATE for p, ok in zip(pairs, passes, strict=True)]
+    verifier_score = [
+        scores[(p.b, (p.a,), (c,))][0] if ok else NO_CANDIDATE for p, c, ok in zip(pairs, cos, passes, strict=True)
+    ]
     judged.verifier = Scored.build(verifier_score, duplicate, duplicate)
     return judged
 
@@ -204,7 +215,8 @@ async def run_cache(
     verifier: Verifier | None,
     knobs: Knobs,
 ) -> Judged:
-    """Every ``a`` stored first; then every ``b``: top-k search -> one Score call -> best >= threshold.
+    """Every ``a`` stored first; then every ``b``: top-k search -> one Score call (with the
+    candidates' cosines) -> the gateway's rule (reflex/decision_rule.py) picks the entry.
 
     A ``b`` whose exact text is a stored question is an L1 exact hit, as in the gateway,
     where L1 answers it before L2 is asked: served its own entry, right, at every threshold.
@@ -265,7 +277,8 @@ async def run_cache(
         return judged
 
     started = time.perf_counter()
-    requests = {q: (q, tuple(c.question for c in candidates[q])) for q in queries}
+    requests = {q: (q, tuple(c.question for c in candidates[q]), tuple(c.similarity for c in candidates[q]))
+                for q in queries}
     scores = await _score_all(verifier, list(requests.values()), knobs, "score")
     timings["score"] = time.perf_counter() - started
     judged.score_calls = len(scores)
@@ -276,9 +289,15 @@ async def run_cache(
         if not request[1]:
             return NO_CANDIDATE, None
         query_scores = scores[request]
-        # The best score is served, as the gateway does; on a tie the earlier (more similar)
-        # candidate wins.
-        best = int(np.argmax(query_scores))
+        # The gateway's rule: the best score is served (on a tie the earlier, more similar
+        # candidate), unless a runner-up within REFLEX_RERANKER_MARGIN refuses it. With margin 0
+        # the choice does not depend on the threshold, so the sweep over thresholds is exact;
+        # with a margin, a refusal at the run's threshold counts as a miss at every threshold.
+        best = decision_rule.choose(query_scores, knobs.threshold, knobs.margin)
+        if best is None:
+            best = int(np.argmax(query_scores))
+            if query_scores[best] >= knobs.threshold:
+                return NO_CANDIDATE, None  # refused by the margin
         return query_scores[best], candidates[pair.b][best].question
 
     judged.verifier, judged.verifier_by_groups = scored(verified)

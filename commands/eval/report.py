@@ -85,6 +85,9 @@ def render_text(result: dict[str, Any]) -> str:
     wrong = result["mode"] == "cache"
     lines.append(_header("", width, wrong))
     lines.append(_row(f"{scorer} @ {result['threshold']:.3f}", result, width, wrong))
+    same_hits = result.get("baseline_cosine_at_same_hits")
+    if same_hits:
+        lines.append(_row(f"cosine, same hits ({same_hits['hits']})", same_hits, width, wrong))
     baseline = result.get("baseline_cosine")
 
     lines.append("")

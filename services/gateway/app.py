@@ -22,6 +22,7 @@ from services.gateway.errors import error_middleware
 from services.gateway.handlers import add_routes, bound_inflight, count_requests
 from services.gateway.l1 import open_l1
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.openapi import add_openapi_route
 from services.gateway.protocols import all_protocols
 from services.gateway.l2.managed import ManagedL2
 from services.gateway.semantic import grpc_clients
@@ -87,6 +88,7 @@ def create_app(
     app.cleanup_ctx.extend([tokens_ctx, upstream_ctx, l1_ctx, tiers_ctx, state_ctx])
     add_routes(app, protocols)
     add_admin_routes(app)  # admin API, tenant self-service, and the lifecycle (snapshots, idle)
+    add_openapi_route(app)  # GET /openapi.json: the document in services/gateway/openapi.json
     return app
 
 

@@ -1,7 +1,10 @@
 """The verified cascade: L1 exact -> L2 vector search -> L3 verifier, and the write-back.
 
 Correctness rule: an L2 candidate is served only when the verifier scored it at or above
-the verifier threshold (REFLEX_RERANKER_THRESHOLD) in this very lookup. Every tier failure degrades to a plain miss (the
+the verifier threshold (REFLEX_RERANKER_THRESHOLD) in this very lookup, by the cache-mode
+rule of reflex/decision_rule.py (the best score, and with REFLEX_RERANKER_MARGIN > 0 a
+runner-up within the margin refuses). The verifier gets each candidate's L2 cosine with it,
+so that its decision model's calibrated probability is what the threshold reads. Every tier failure degrades to a plain miss (the
 request goes upstream); it is counted, logged once per outage, and reported by /ready.
 """
 
@@ -16,9 +19,18 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from reflex import decision_rule
 from reflex.entry import CachedEntry
 from reflex.settings import GatewaySettings
-from reflex.tiers import Embedder, L2Candidate, L2Point, L2Scope, L2Store, TierUnavailable, Verifier
+from reflex.tiers import (
+    Embedder,
+    L2Candidate,
+    L2Point,
+    L2Scope,
+    L2Store,
+    TierUnavailable,
+    Verifier,
+)
 from services.gateway.keys import RequestKeys
 from services.gateway.l1 import L1Cache, L1Item, L1Tags
 from services.gateway.metrics import GatewayMetrics
@@ -207,7 +219,9 @@ class Cascade:
         scores = await self._call(
             "verifier",
             "verify",
-            lambda: tiers.verifier.score(question, [c.question for c in candidates], timeout=self._verify_timeout),
+            # The cosines L2 found them by go along: the verifier's decision model uses them.
+            lambda: tiers.verifier.score(question, [c.question for c in candidates],
+                                         [c.similarity for c in candidates], timeout=self._verify_timeout),
             self._verify_timeout + self._backstop,
         )
         if scores is None:
@@ -229,12 +243,13 @@ class Cascade:
             self.metrics.tier_failures.labels("verifier", "bad_response").inc()
             log.error("verifier returned %d scores for %d candidates; treating as a miss", len(scores), len(candidates))
             return None
-        best_index = max(range(len(scores)), key=scores.__getitem__)
-        best_score = float(scores[best_index])
-        self.metrics.verifier_scores.observe(best_score)
-        if best_score < self.settings.verifier.threshold:
+        self.metrics.verifier_scores.observe(float(max(scores)))
+        # The one cache-mode rule (reflex/decision_rule.py), the same `reflex eval` measures.
+        chosen = decision_rule.choose([float(s) for s in scores], self.settings.verifier.threshold,
+                                      self.settings.verifier.margin)
+        if chosen is None:
             return None
-        return candidates[best_index], best_score
+        return candidates[chosen], float(scores[chosen])
 
     async def _decode_hit(self, raw: bytes, tier: str) -> CachedEntry | None:
         if len(raw) < OFFLOAD_BYTES:

@@ -148,7 +148,7 @@ async def _handle(request: web.Request, protocol: ProtocolAdapter) -> web.Stream
     if parsed.question is not None and len(parsed.question) > state.settings.l2.max_question_chars:
         # a caller's input, not a backend failure: exact tier only, before any gRPC call
         state.metrics.exact_only.labels("question_too_long").inc()
-        parsed = dataclasses.replace(parsed, question=None, context=b"")
+        parsed = dataclasses.replace(parsed, question=None, context_source=None)
     mode = cache_mode(request.headers)
     fmt = requested_format(request.headers, state.settings.cache.response_format)
     credential = credential_from_headers(request.headers, native=_native_credential(protocol))

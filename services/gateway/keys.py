@@ -7,7 +7,8 @@ All three are blake3 hashes, so raw API keys and prompts never become identifier
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 
 from blake3 import blake3
 
@@ -74,15 +75,18 @@ def l1_key(tenant: str, protocol: str, canonical: bytes) -> str:
     return h.hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RequestKeys:
-    """Everything the cascade needs to look a request up and to store its answer."""
+    """Everything the cascade needs to look a request up and to store its answer.
+
+    The context hash is computed on first use: an exact hit never needs it.
+    """
 
     tenant: str
     model: str
     l1_key: str
     question: str | None  # None: not eligible for L2/L3
-    context_hash: str | None  # computed only when eligible
+    request: ParsedRequest = field(repr=False, compare=False)
 
     @classmethod
     def of(cls, tenant: str, request: ParsedRequest) -> "RequestKeys":
@@ -91,12 +95,20 @@ class RequestKeys:
             model=request.model,
             l1_key=l1_key(tenant, request.protocol, request.canonical),
             question=request.question,
-            context_hash=blake3(request.context).hexdigest() if request.question is not None else None,
+            request=request,
         )
+
+    @functools.cached_property
+    def context_hash(self) -> str | None:
+        """blake3 of the context (everything but the question); None when not eligible."""
+        if self.question is None:
+            return None
+        return blake3(self.request.context).hexdigest()
 
     @property
     def scope(self) -> L2Scope | None:
         """The L2 scope of this request; None when it may only use L1."""
-        if self.question is None or self.context_hash is None:
+        context_hash = self.context_hash
+        if self.question is None or context_hash is None:
             return None
-        return L2Scope(tenant=self.tenant, model=self.model, context_hash=self.context_hash)
+        return L2Scope(tenant=self.tenant, model=self.model, context_hash=context_hash)

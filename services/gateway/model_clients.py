@@ -167,10 +167,15 @@ class GrpcVerifier(_GrpcModelClient):
             raise ValueError("REFLEX_VERIFIER_URL is unset and no target was given")
         return cls(target, on_timing=on_timing, check_timeout=settings.verifier_timeout_ms / 1000)
 
-    async def score(self, query: str, candidates: Sequence[str], *, timeout: float) -> list[float]:
+    async def score(
+        self, query: str, candidates: Sequence[str], cosines: Sequence[float] | None = None, *, timeout: float
+    ) -> list[float]:
+        if cosines is not None and len(cosines) != len(candidates):
+            raise ValueError(f"{len(cosines)} cosines for {len(candidates)} candidates")
         try:
             reply = await self._stub.Score(
-                verifier_pb2.ScoreRequest(query=query, candidates=list(candidates)), timeout=timeout
+                verifier_pb2.ScoreRequest(query=query, candidates=list(candidates), cosines=list(cosines or ())),
+                timeout=timeout,
             )
         except grpc.aio.AioRpcError as exc:
             raise _to_tier_unavailable(self.component, exc) from exc

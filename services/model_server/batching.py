@@ -126,7 +126,7 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         self._model_pool: ThreadPoolExecutor | None = None
         # Created in start(), on the loop that will run the batcher.
         self._wake: asyncio.Event | None = None
-        # True from the moment the model stage takes a batch until its results are delivered.
+        # True from the moment the model stage takes a batch until its forward pass is over.
         self._model_busy = False
         self._slot: asyncio.Semaphore | None = None
         self._handoff: asyncio.Queue[_Prepared] | None = None
@@ -325,7 +325,6 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             taken: list[_Pending] = []
             try:
                 await self._gather(taken)
-                start = time.perf_counter_ns()
                 kept, batch, collate_ns = await loop.run_in_executor(self._tokenizer_pool, self._prepare, taken)
                 batch_requests = taken[:kept]
                 if kept < len(taken):
@@ -333,12 +332,12 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
                     self._queue.extendleft(reversed(taken[kept:]))
                     self._signal()
                 ready = time.perf_counter_ns()
-                self._metrics.observe_stage("tokenize", (ready - start) / 1e9)
                 for p in batch_requests:
                     # Tokenizing (its own tokenizer call, plus padding the batch) is not queueing.
                     p.timing.tokenize_ns += collate_ns
                     p.timing.queue_ns = max(0, ready - p.admitted_ns - p.timing.tokenize_ns)
                     self._metrics.observe_stage("queue", p.timing.queue_ns / 1e9)
+                self._metrics.observe_stage("tokenize", max(p.timing.tokenize_ns for p in batch_requests) / 1e9)
                 await self._handoff.put(_Prepared(batch_requests, batch))
             except asyncio.CancelledError:
                 self._fail(taken, NotServing(f"{self._name} is shutting down"))

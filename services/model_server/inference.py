@@ -147,9 +147,14 @@ class CudaGraphEncoder:
             return self.eager(batch)
         padded = self.pad(batch, *shape)
         inputs = {k: v.to(self.eager.device, non_blocking=True) for k, v in padded.items()}
-        # Tells the graph trees that the previous call's outputs are no longer read.
-        torch.compiler.cudagraph_mark_step_begin()
-        out = getattr(self._compiled(**inputs), self.eager.output)
+        try:
+            # Tells the graph trees that the previous call's outputs are no longer read.
+            torch.compiler.cudagraph_mark_step_begin()
+            out = getattr(self._compiled(**inputs), self.eager.output)
+        except Exception:  # a recompile that fails must cost speed, never the batch
+            log.exception("CUDA graphs: a compiled call failed; small batches run eager from now on")
+            self._compiled = None
+            return self.eager(batch)
         self.graphed_calls += 1
         # .float() copies out of the graph's static output buffer, which the next replay reuses.
         real = out[:rows, :width] if out.dim() == 3 else out[:rows]

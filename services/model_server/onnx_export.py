@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Sequence
@@ -28,6 +30,10 @@ log = logging.getLogger("reflex.onnx")
 RECIPE_VERSION = 1
 # The opset of the TorchScript exporter's BERT graphs; ONNX Runtime >= 1.16 runs it.
 OPSET = 17
+# Entries of the same model directory name not used for this long are deleted when another is
+# written: retraining a checkpoint makes a new entry (~110 MB with both files) each time, and
+# nothing else would ever remove the old ones. A week keeps what any running replica still uses.
+STALE_AFTER_S = 7 * 24 * 3600
 # Files of a model directory that decide the exported graph: the architecture and the weights
 # (not the tokenizer, nor other JSON a model directory may carry, such as the verifier's
 # decision weights, which are applied after the model).
@@ -146,6 +152,16 @@ def _atomic(dst: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _prune_stale(entry: Path) -> None:
+    """Delete the other entries of the same model directory name unused for STALE_AFTER_S."""
+    prefix = entry.name.rsplit("-", 1)[0] + "-"
+    cutoff = time.time() - STALE_AFTER_S
+    for other in entry.parent.iterdir():
+        if other != entry and other.is_dir() and other.name.startswith(prefix) and other.stat().st_mtime < cutoff:
+            log.info("removing the stale ONNX cache entry %s", other)
+            shutil.rmtree(other, ignore_errors=True)
+
+
 def exported_model(
     module: torch.nn.Module,
     *,
@@ -159,7 +175,11 @@ def exported_model(
     """The ONNX file for ``module`` (fp32, or int8 when ``quantize``), exported on a cache miss."""
     key = cache_key(source, output=output, input_names=input_names)
     entry = _writable(cache_path or default_cache_root()) / f"{source.name}-{key}"
+    fresh = not entry.is_dir()
     entry.mkdir(parents=True, exist_ok=True)
+    os.utime(entry)  # last used: what the pruning of stale entries goes by
+    if fresh:
+        _prune_stale(entry)
     fp32, int8 = entry / "model.onnx", entry / "model.int8.onnx"
     if not fp32.is_file() and not (quantize and int8.is_file()):
         log.info("exporting %s to ONNX (once; cached in %s)", source, entry)

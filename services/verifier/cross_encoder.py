@@ -20,7 +20,13 @@ import services.verifier
 from reflex.settings import ModelServiceSettings, ModelSettings
 from services.model_server.encoding import Encoding, PaddedRows, encodings_from
 from services.model_server.inference import build_encoder
-from services.model_server.torch_runtime import Runtime, choose_runtime, local_model_dir, model_name
+from services.model_server.torch_runtime import (
+    Runtime,
+    choose_runtime,
+    local_model_dir,
+    model_name,
+)
+from services.verifier import decision
 
 log = logging.getLogger("reflex.verifier")
 
@@ -75,6 +81,13 @@ class CrossEncoderModel(PaddedRows):
         )
         log.info("verifier: %s (%d label%s, %d tokens) on %s/%s", self.name, self.num_labels,
                  "" if self.num_labels == 1 else "s", self.max_tokens, self.runtime.device, self.runtime.dtype_name)
+        # The decision model beside the checkpoint (REFLEX_VERIFIER_DECISION): loaded and checked
+        # against these weights here, so that a mismatch stops the service before SERVING.
+        self.decision, why = decision.resolve(path, settings.verifier_decision)
+        if self.decision is None:
+            log.warning("verifier: no decision model: %s", why)
+        else:
+            log.info("verifier: %s", why)
 
     # ------------------------------------------------------------------ ModelBackend
     def tokenize(self, pairs: Sequence[Pair]) -> list[Encoding]:

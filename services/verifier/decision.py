@@ -26,6 +26,7 @@ Cache mode (several stored questions close to one query) is handled by ``choose`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -34,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from reflex import decision_rule
 
 ARTIFACT_NAME = "decision.json"
 ARTIFACT_VERSION = 1
@@ -75,6 +78,10 @@ def logit_from_probability(p: float | np.ndarray) -> np.ndarray:
 
 def _tokens(text: str) -> set[str]:
     return set(_TOKEN.findall(text.lower().replace("’", "'")))
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.split())
 
 
 def lexical_overlap(query: str, candidate: str) -> tuple[float, float]:
@@ -189,28 +196,82 @@ class DecisionModel:
             raise ValueError("decision model: this artifact uses both cross-encoder orders; pass ce_cq")
         other = ce_cq if ce_cq is not None else [None] * len(candidates)
         rows = [pair_features(query, c, a, s, b) for c, a, s, b in zip(candidates, ce_qc, cosines, other)]
-        return self.probability_from_matrix(self.matrix(rows))
+        p = self.probability_from_matrix(self.matrix(rows))
+        # The same text (up to whitespace) is the same question by definition. The regression
+        # never saw such pairs, and extrapolates them below the threshold (the cross-encoder
+        # gives exact repeats only 0.85-0.95 and the overlap features weigh against full
+        # overlap: 0.85-0.92 measured), which would turn an L1 miss of an exact repeat (after
+        # a restart, or an eviction) into an L3 miss too.
+        q = _normalised(query)
+        same = np.array([_normalised(c) == q for c in candidates], dtype=bool)
+        return np.where(same, 1.0, p)
 
     def choose(self, probabilities: Sequence[float]) -> int | None:
-        """Cache mode: the index of the candidate to serve, or None for a miss.
+        """Cache mode: the index of the candidate to serve, or None for a miss, by the one
+        rule the gateway and ``reflex eval`` also use (``reflex.decision_rule.choose``) at this
+        artifact's threshold and margin."""
+        return decision_rule.choose([float(p) for p in probabilities], self.threshold, self.margin)
 
-        The best candidate by calibrated probability is served when it reaches ``threshold``
-        and, if a second candidate also reaches it, leads that one by at least ``margin``:
-        two stored questions that both look like the query are a sign that the query sits
-        between two entries (near-duplicate questions that want different answers), and a
-        miss there costs only a model call where a wrong pick serves a wrong answer."""
-        p = np.asarray(probabilities, dtype=np.float64)
-        if p.size == 0:
-            return None
-        order = np.argsort(-p, kind="stable")
-        best = int(order[0])
-        if p[best] < self.threshold:
-            return None
-        if p.size > 1:
-            second = float(p[order[1]])
-            if second >= self.threshold and p[best] - second < self.margin:
-                return None
-        return best
+    def describe(self) -> str:
+        """One line for logs and InfoResponse.decision_model."""
+        return (f"{self.meta.get('name', ARTIFACT_NAME)}: logistic regression over {len(self.features)} features "
+                f"({', '.join(self.features)}), Platt-calibrated, for cross-encoder "
+                f"{self.meta.get('cross_encoder_sha', '?')}")
+
+
+# ---------------------------------------------------------------------- the service's choice
+def checkpoint_sha(checkpoint_dir: Path) -> str:
+    """What ``meta.cross_encoder_sha`` identifies a checkpoint by: blake2b-64 of its
+    model.safetensors (what services/verifier/training/combiner.py records at fit time)."""
+    weights = Path(checkpoint_dir) / "model.safetensors"
+    if not weights.is_file():
+        raise DecisionModelMismatch(f"verifier: {checkpoint_dir} has no model.safetensors, so the decision model "
+                                    "cannot be checked against it")
+    h = hashlib.blake2b(digest_size=8)
+    with weights.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class DecisionModelMismatch(ValueError):
+    """The decision model was fitted for another cross-encoder checkpoint: its inputs (that
+    checkpoint's logits) would mean something else, and its threshold would not hold."""
+
+
+def resolve(checkpoint_dir: Path, setting: str) -> tuple[DecisionModel | None, str]:
+    """The decision model the verifier serves with for ``checkpoint_dir``, and why.
+
+    ``setting`` is REFLEX_VERIFIER_DECISION: ``auto`` (decision.json next to the checkpoint,
+    if there is one; without one, None: the cross-encoder's probability is served), ``off``
+    (None) or the path of a decision.json. A model whose ``meta.cross_encoder_sha`` is not
+    the checkpoint's raises DecisionModelMismatch: the service refuses to start."""
+    value = setting.strip()
+    if value.lower() == "off":
+        return None, "REFLEX_VERIFIER_DECISION=off: the cross-encoder's probability is served"
+    if value.lower() == "auto":
+        path = Path(checkpoint_dir) / ARTIFACT_NAME
+        if not path.is_file():
+            return None, (f"no {ARTIFACT_NAME} next to the checkpoint {checkpoint_dir}: the cross-encoder's "
+                          "probability is served (fit one with `python -m services.verifier.training.combiner fit "
+                          "--ce DIR --out DIR/decision.json`)")
+    else:
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"verifier: REFLEX_VERIFIER_DECISION={value}: no such file")
+    try:
+        model = DecisionModel.load(path)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"verifier: decision model {path} is not a valid artifact: {exc}") from exc
+    wanted = model.meta.get("cross_encoder_sha")
+    actual = checkpoint_sha(checkpoint_dir)
+    if wanted != actual:
+        raise DecisionModelMismatch(
+            f"verifier: the decision model {path} was fitted for cross-encoder {wanted}, but {checkpoint_dir} is "
+            f"{actual}; refit it for this checkpoint (python -m services.verifier.training.combiner fit --ce "
+            f"{checkpoint_dir} --out {path}) or set REFLEX_VERIFIER_DECISION=off to serve the cross-encoder's "
+            "probability alone")
+    return model, f"decision model {path} ({model.describe()}; threshold {model.threshold:g}, margin {model.margin:g})"
 
 
 def sigmoid(x: float) -> float:

@@ -1,17 +1,36 @@
 """The VerifierService servicer: all candidates of one Score call go into the batcher as
-(query, candidate) pairs, then the verifier's rules (services.verifier.rules) may lower scores."""
+(query, candidate) pairs (one cross-encoder order, as before), then:
+
+* with a decision model (services/verifier/decision.py, loaded beside the checkpoint and
+  checked against it) and the request's cosines: the cross-encoder probabilities go back to
+  logits and the decision model answers one calibrated probability per candidate, from the
+  logit, the cosine, lexical overlap and the rule flags (a dot product: nothing recomputed);
+* without cosines (a client that does not send them), or with no decision model
+  (REFLEX_VERIFIER_DECISION=off, or a checkpoint with no decision.json): the cross-encoder's
+  own probability, as the previous verifier served. At the calibrated default threshold
+  (0.96) that is stricter than the old one (0.92), so a client that sends no cosines gets
+  fewer hits, never more wrong ones. No cosine is computed here: the embedder is another
+  service, and the gateway has the cosine already.
+
+Then the rules switched on (REFLEX_RULE_*, all off by default; services.verifier.rules) may
+lower scores. With a decision model they are already features of it, so a rule switched on
+is a hard veto on top of that: it can only lower a score, at the cost of its calibration."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 
 import grpc
+import numpy as np
 
+from reflex.settings import RuleSettings
 from reflex.verifier.v1 import verifier_pb2, verifier_pb2_grpc
 from services.model_server.errors import InvalidInput
 from services.model_server.grpc_server import ModelServer, ServiceSpec
 from services.verifier import rules
 from services.verifier.cross_encoder import CrossEncoderModel, load_cross_encoder
+from services.verifier.decision import DecisionModel, logit_from_probability
 
 GRPC_SERVICE = verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name
 DEFAULT_PORT = 50052
@@ -30,10 +49,19 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         if not request.candidates:
             raise InvalidInput("candidates is empty")
         query, candidates = request.query, list(request.candidates)
+        cosines = list(request.cosines)
+        if cosines and len(cosines) != len(candidates):
+            raise InvalidInput(f"{len(cosines)} cosines for {len(candidates)} candidates (send one per candidate, or none)")
+        if not all(math.isfinite(c) for c in cosines):
+            raise InvalidInput("cosines must be finite")
         probs, timing = await self._server.require_batcher().submit([(query, c) for c in candidates])
         settings = self._server.settings
-        # Off the event loop: the rules are another team's code and may do real work.
-        ruled = await asyncio.to_thread(rules.apply_rules, query, candidates, [float(p) for p in probs], settings.rules)
+        # A wrapped backend (tests' GatedBackend) may have no decision attribute: none.
+        model = getattr(self._server.require_backend(), "decision", None)
+        # Off the event loop: the decision model's features and the rules are regexes per pair,
+        # and the rules are another team's code and may do real work.
+        ruled = await asyncio.to_thread(_final_scores, model, query, candidates, [float(p) for p in probs],
+                                        cosines, settings.rules)
         if len(ruled) != len(candidates):
             raise RuntimeError(f"apply_rules returned {len(ruled)} scores for {len(candidates)} candidates")
         return verifier_pb2.ScoreResponse(
@@ -45,11 +73,32 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
     async def Info(self, request: verifier_pb2.InfoRequest, context: grpc.aio.ServicerContext
                    ) -> verifier_pb2.InfoResponse:
         model = self._server.require_backend()
+        decision = getattr(model, "decision", None)
         return verifier_pb2.InfoResponse(
             model_name=model.name, max_tokens=model.max_tokens, device=str(model.runtime.device),
             dtype=model.runtime.dtype_name, max_batch_size=self._server.settings.batching.max_batch_size,
             rules=rules.enabled_rules(self._server.settings.rules),
+            decision_model=decision.describe() if decision is not None else "",
+            decision_threshold=decision.threshold if decision is not None else 0.0,
+            decision_margin=decision.margin if decision is not None else 0.0,
         )
+
+
+def _decide(model: DecisionModel, query: str, candidates: list[str], probs: list[float],
+            cosines: list[float]) -> list[float]:
+    """The decision model's calibrated probabilities from the cross-encoder's probabilities
+    (back to logits: the model was fitted on logits) and the L2 cosines (clamped to [-1, 1]:
+    float rounding can put a unit vector's cosine a hair above 1)."""
+    logits = logit_from_probability(np.asarray(probs, dtype=np.float64))
+    clamped = [min(1.0, max(-1.0, float(c))) for c in cosines]
+    return [float(p) for p in model.score(query, candidates, logits.tolist(), clamped)]
+
+
+def _final_scores(model: DecisionModel | None, query: str, candidates: list[str], probs: list[float],
+                  cosines: list[float], rule_settings: RuleSettings) -> list[float]:
+    scores = _decide(model, query, candidates, probs, cosines) if model is not None and cosines else probs
+    # rules.apply_rules looked up at call time (tests replace it).
+    return rules.apply_rules(query, candidates, scores, rule_settings)
 
 
 def _register(server: grpc.aio.Server, model_server: ModelServer[CrossEncoderModel]) -> None:

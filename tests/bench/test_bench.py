@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 EXPECTED = {
     "l1": {"l1_hit_latency", "miss_latency", "l1_hit_throughput"},
-    "semantic": {"l3_hit_latency", "miss_with_candidates_latency", "miss_no_candidate_latency"},
+    "semantic": {"l3_hit_latency", "miss_with_candidates_latency", "miss_no_candidate_latency", "l3_hit_vs_raw_models"},
     "models": {"embedder_throughput", "embed_latency", "verifier_throughput", "score_latency", "score_vs_embed"},
 }
 
@@ -27,7 +27,7 @@ def test_quick_bench_reports_every_figure_as_a_positive_ratio(tmp_path: Path) ->
     env = {k: v for k, v in os.environ.items() if not k.startswith("REFLEX_")}
     env["HOME"] = str(Path.home())  # the ONNX export cache, shared with the other model tests
     result = subprocess.run([sys.executable, "-m", "commands.cli", "bench", "--quick", "--json"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout)
     assert report["quick"] is True and report["sections"] == ["l1", "semantic", "models"]

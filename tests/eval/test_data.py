@@ -104,3 +104,15 @@ def test_qqp_validation_is_the_verifiers_held_out_split(tmp_path: Path) -> None:
     assert [(p.a, p.b, p.duplicate) for p in pairs] == [(p.a, p.b, p.duplicate) for p in expected]
     with pytest.raises(PairsError, match="REFLEX_QQP_PATH"):
         load_pairs("qqp-validation", qqp_path=tmp_path / "missing.jsonl.gz")
+
+
+def test_devset_parts_are_named_sources() -> None:
+    every = load_pairs("devset")
+    test, validation = load_pairs("devset-test"), load_pairs("devset-validation")
+    assert len(test) + len(validation) == len(every) >= 400
+    assert {(p.a, p.b) for p in test}.isdisjoint({(p.a, p.b) for p in validation})
+    assert any(p.duplicate for p in test) and any(not p.duplicate for p in test)
+    assert all(p.category for p in every)
+    # The headline pair is a validation pair: calibration may see it, the reported test part may not.
+    headline = ("How do I center a div in CSS?", "What's the CSS to center a div horizontally and vertically?")
+    assert headline in {(p.a, p.b) for p in validation}

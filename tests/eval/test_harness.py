@@ -255,3 +255,20 @@ def test_bad_arguments(run: Any, pairs_file: Path, args: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         run(eval_settings(), "--pairs", str(pairs_file), *args)
     assert exit_info.value.code == 2
+
+
+@pytest.mark.skipif(
+    not (shipped_verifier_path() / "decision.json").is_file(),
+    reason="needs the trained verifier and its decision model (services/verifier/model)",
+)
+def test_cache_mode_never_does_worse_than_cosine_top1(run: Any, served: EvalSettings) -> None:
+    # A small fixed set (the devset's test part, 366 pairs, every a stored, every b queried):
+    # at the shipped threshold, the gateway's decision rule serves at least as precisely as
+    # the nearest entry would at the same number of hits, from the same run.
+    rc, result, _ = run(served, "--pairs", "devset-test", "--json")
+    assert rc == 0
+    assert result["threshold"] == 0.96 and result["models"]["verifier"]["decision_model"]
+    same = result["baseline_cosine_at_same_hits"]
+    assert result["hits"] > result["exact_repeats"] and same["hits"] <= result["hits"]
+    assert result["precision"] >= same["precision"]
+    assert result["precision"] >= 0.95 and result["hit_rate"] > 0.3

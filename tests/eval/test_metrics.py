@@ -157,3 +157,41 @@ def test_target_threshold_is_the_best_feasible(data: list[tuple[float, bool, boo
     lower = finite[finite < t]
     if lower.size:
         assert metrics_at(scored, float(lower.max())).false_hit_rate > target
+
+
+def test_metrics_at_hits_takes_the_top_scores() -> None:
+    from commands.eval.metrics import L1_HIT, metrics_at_hits
+
+    s = Scored.build([L1_HIT, 0.9, 0.8, 0.8, 0.5, NO_CANDIDATE], [True, True, False, True, False, False],
+                     [True, True, True, True, False, False])
+    assert metrics_at_hits(s, 0).hits == 1  # the L1 exact hit is served at every threshold
+    assert (metrics_at_hits(s, 2).hits, metrics_at_hits(s, 2).right_hits) == (2, 2)
+    assert metrics_at_hits(s, 3).hits == 2  # a tie at 0.8 straddles 3: stay under it
+    assert metrics_at_hits(s, 4).hits == 4
+    assert metrics_at_hits(s, 99).hits == 5  # never the pair with no candidate
+
+
+@pytest.mark.parametrize(
+    ("scores", "threshold", "margin", "chosen"),
+    [
+        ([0.5, 0.97, 0.2], 0.96, 0.0, 1),
+        ([0.95, 0.9], 0.96, 0.0, None),
+        ([0.97, 0.97], 0.96, 0.0, 0),  # a tie: the earlier (more similar) candidate
+        ([0.99, 0.97], 0.96, 0.05, None),  # the runner-up passes too, within the margin
+        ([0.99, 0.93], 0.96, 0.1, 0),  # within the margin, but the runner-up does not pass
+        ([0.99, 0.90], 0.96, 0.05, 0),
+        ([math.nan, 0.97], 0.96, 0.0, 1),  # a non-finite score is never a yes
+        ([], 0.5, 0.0, None),
+    ],
+)
+def test_the_shared_decision_rule(scores: list[float], threshold: float, margin: float, chosen: int | None) -> None:
+    from reflex.decision_rule import choose
+    from services.verifier.decision import DecisionModel
+
+    assert choose(scores, threshold, margin) == chosen
+    # The verifier's decision model chooses by the very same rule.
+    model = DecisionModel.load()
+    same = DecisionModel(model.features, model.mean, model.scale, model.weights, model.bias, model.calibration_a,
+                         model.calibration_b, threshold, margin, model.meta)
+    if not any(math.isnan(x) for x in scores):
+        assert same.choose(scores) == chosen

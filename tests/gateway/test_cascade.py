@@ -88,12 +88,15 @@ class ControlledVerifier:
         self.scores: dict[tuple[str, str], float] = {}
         self.default = 0.0
         self.calls: list[tuple[str, list[str]]] = []
+        self.cosines: list[list[float] | None] = []  # what each call sent, in order
         self.down = False
         self.stall = 0.0
         self.truncate = False
 
-    async def score(self, query: str, candidates: Sequence[str], *, timeout: float) -> list[float]:
+    async def score(self, query: str, candidates: Sequence[str], cosines: Sequence[float] | None = None, *,
+                    timeout: float) -> list[float]:
         self.calls.append((query, list(candidates)))
+        self.cosines.append(None if cosines is None else list(cosines))
         if self.down:
             raise TierUnavailable("verifier", "unavailable", "test says down")
         if self.stall:
@@ -277,6 +280,43 @@ async def test_best_verified_candidate_wins_not_the_nearest(
     assert headers["X-Reflex-Status"] == "hit-l3-verified"
     assert body["choices"][0]["message"]["content"] == f"Answer #2 to: {other}"
     assert sorted(verifier.calls[-1][1]) == sorted([QUESTION, other])
+
+
+async def test_the_verifier_gets_each_candidates_l2_cosine(
+    make_client: Callable[..., Any], embedder: ControlledEmbedder, verifier: ControlledVerifier
+) -> None:
+    # The decision model behind Score reads the cosine L2 found each candidate by.
+    client = await make_client(l2_min_similarity=-1.0)
+    other = "Center a div with CSS grid?"
+    embedder.topics[other] = "css"
+    await chat(client, QUESTION)
+    await chat(client, other)
+    await chat(client, PARAPHRASE)
+    (query, candidates), cosines = verifier.calls[-1], verifier.cosines[-1]
+    assert query == PARAPHRASE and cosines is not None and len(cosines) == len(candidates) == 2
+    vectors = {q: np.asarray((await embedder.embed([q], timeout=1))[0]) for q in (PARAPHRASE, *candidates)}
+    for candidate, cos in zip(candidates, cosines, strict=True):
+        u, v = vectors[PARAPHRASE], vectors[candidate]
+        assert cos == pytest.approx(float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v))), abs=1e-4)
+    assert cosines == sorted(cosines, reverse=True)  # L2's order, most similar first
+
+
+@pytest.mark.parametrize(("margin", "status"), [(0.0, "hit-l3-verified"), (0.1, "miss")])
+async def test_a_runner_up_within_the_margin_refuses_the_hit(
+    make_client: Callable[..., Any], embedder: ControlledEmbedder, verifier: ControlledVerifier, margin: float,
+    status: str,
+) -> None:
+    # Two stored questions both pass, 0.05 apart: with REFLEX_RERANKER_MARGIN 0.1 the query
+    # sits between two entries, and the cascade refuses rather than guess (reflex/decision_rule.py).
+    client = await make_client(l2_min_similarity=-1.0, reranker_margin=margin)
+    other = "Center a div with CSS grid?"
+    embedder.topics[other] = "css"
+    await chat(client, QUESTION)
+    await chat(client, other)
+    verifier.scores[(PARAPHRASE, QUESTION)] = 0.90
+    verifier.scores[(PARAPHRASE, other)] = 0.85
+    _, headers, _ = await chat(client, PARAPHRASE)
+    assert headers["X-Reflex-Status"] == status
 
 
 @pytest.mark.parametrize("failure", ["down", "stall", "truncated"])

@@ -297,3 +297,38 @@ def test_empty_answers_are_not_cacheable() -> None:
     calls = {"role": "assistant", "content": None,
              "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
     assert is_cacheable({"id": "c", "choices": [{"index": 0, "finish_reason": "tool_calls", "message": calls}]})
+
+
+# ------------------------------------------------------------------------------ canonical form (property)
+
+# What changes from run to run and not the answer: never in the exact key.
+_PER_RUN = {
+    "user": st.text(max_size=12),
+    "metadata": st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+    "store": st.booleans(),
+    "stream": st.booleans(),
+    "stream_options": st.just({"include_usage": True}),
+}
+# What the model sees: each one changes the key.
+_SEEN = {
+    "model": st.sampled_from(["gpt-x2", "gpt-y"]),
+    "temperature": st.floats(min_value=0.1, max_value=2, allow_nan=False),
+    "tools": st.just([{"type": "function", "function": {"name": "f"}}]),
+    "response_format": st.just({"type": "json_object"}),
+    "max_tokens": st.integers(min_value=1, max_value=99),
+}
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.data())
+def test_per_run_fields_never_change_the_key_and_seen_fields_always_do(data: st.DataObject) -> None:
+    base = canonical_request(BASE)
+    noise = {k: data.draw(v, label=k) for k, v in _PER_RUN.items() if data.draw(st.booleans(), label=f"use {k}")}
+    # cache_control markers move between turns: wherever they sit, the key stays
+    marked = copy.deepcopy(BASE)
+    marked["messages"][0]["cache_control"] = {"type": "ephemeral"}
+    assert canonical_request({**BASE, **noise}) == base
+    assert canonical_request({**marked, **noise}) == base
+    field = data.draw(st.sampled_from(sorted(_SEEN)), label="seen field")
+    changed = {**BASE, field: data.draw(_SEEN[field], label=field)}
+    assert canonical_request(changed) != base

@@ -67,7 +67,8 @@ class TopicEmbedder:
 
 
 class TopicVerifier:
-    async def score(self, query: str, candidates: Sequence[str], *, timeout: float) -> list[float]:
+    async def score(self, query: str, candidates: Sequence[str], cosines: Sequence[float] | None = None, *,
+                    timeout: float) -> list[float]:
         return [0.99 if TOPICS.get(query, query) == TOPICS.get(c, c) else 0.01 for c in candidates]
 
     async def info(self) -> dict[str, Any]:

@@ -143,3 +143,20 @@ def test_cuda_graph_padding_keeps_the_real_rows(torch_embedder: EmbeddingModel) 
     got = eager(padded)[:rows, :width]
     mask = batch["attention_mask"].bool()
     assert torch.allclose(got[mask], want[mask], atol=1e-4)
+
+
+def test_stale_cache_entries_of_the_same_model_are_pruned(tmp_path: Path, tiny_cross_encoder_dir: Path) -> None:
+    from services.model_server.onnx_export import STALE_AFTER_S
+
+    cache = tmp_path / "cache"
+    stale, recent, other = (cache / name for name in (f"{tiny_cross_encoder_dir.name}-old",
+                                                      f"{tiny_cross_encoder_dir.name}-recent", "another-model-old"))
+    for d in (stale, recent, other):
+        d.mkdir(parents=True)
+        (d / "model.onnx").write_bytes(b"x")
+    long_ago = os.stat(stale).st_mtime - STALE_AFTER_S - 60
+    os.utime(stale, (long_ago, long_ago))
+    os.utime(other, (long_ago, long_ago))
+    CrossEncoderModel(tiny_cross_encoder_dir, settings(cache, verifier_backend="onnx").model)
+    assert not stale.exists()  # same model name, unused for long: removed
+    assert recent.exists() and other.exists()  # used lately, or another model: kept

@@ -53,7 +53,7 @@ async def test_vectors_match_sentence_transformers(client: GrpcEmbedder, minilm_
     assert len(vectors) == len(TEXTS)
     for got, want in zip(vectors, reference, strict=True):
         assert len(got) == len(want)
-        assert cosine(got, want) > tolerance(minilm_model, 0.999, 0.99)
+        assert cosine(got, want) > tolerance(minilm_model, 0.999, 0.97)
         assert abs(sum(x * x for x in got) - 1.0) < 1e-4  # unit length
 
 
@@ -77,7 +77,7 @@ async def test_concurrent_callers_are_batched_and_each_gets_its_own_vector(
     passes = embedder_server.metric("reflex_embedder_batch_size_count") - passes_before
     assert 1 <= passes < len(texts)
     for mine, reference in zip(together[:3], alone, strict=True):
-        assert cosine(mine[0], reference) > tolerance(minilm_model, 0.9999, 0.99)
+        assert cosine(mine[0], reference) > tolerance(minilm_model, 0.9999, 0.97)
     # Distinct texts, distinct vectors: nobody got a neighbour's row.
     assert all(cosine(together[i][0], together[i + 1][0]) < 0.9999 for i in range(len(texts) - 1))
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from reflex.settings import ModelSettings
 from reflex.verifier.v1 import verifier_pb2, verifier_pb2_grpc
 from services.gateway.model_clients import GrpcVerifier
 from reflex.tiers import TierUnavailable
-from services.verifier import rules
+from services.verifier import decision, rules
 from services.verifier.cross_encoder import default_model_path, resolve_model_path
 from tests.support.loop_thread import LoopThread
 from tests.support.models import RunningServer, build_tiny_cross_encoder, model_settings, run_verifier
@@ -143,3 +145,85 @@ async def test_verifier_down_is_tier_unavailable(tiny_verifier: RunningServer) -
             await c.check()
     finally:
         await c.close()
+
+
+# ---------------------------------------------------------------------- the decision model
+def _decision_artifact(sha: str) -> dict:
+    """The shipped decision.json, re-keyed to another checkpoint (its weights fit any MiniLM-
+    style cross-encoder's logit scale well enough for plumbing)."""
+    artifact = json.loads((default_model_path() / "decision.json").read_text())
+    artifact["meta"] = {**artifact["meta"], "cross_encoder_sha": sha}
+    return artifact
+
+
+@pytest.fixture(scope="module")
+def tiny_with_decision(tmp_path_factory: pytest.TempPathFactory, tiny_cross_encoder_dir: Path) -> Path:
+    """The tiny checkpoint with a decision.json fitted (by its checksum) for it."""
+    model_dir = tmp_path_factory.mktemp("tiny-with-decision")
+    shutil.copytree(tiny_cross_encoder_dir, model_dir, dirs_exist_ok=True)
+    (model_dir / "decision.json").write_text(json.dumps(_decision_artifact(decision.checkpoint_sha(model_dir))))
+    return model_dir
+
+
+def test_a_decision_model_for_another_checkpoint_is_refused(model_loop: LoopThread, tmp_path: Path,
+                                                            tiny_cross_encoder_dir: Path) -> None:
+    model_dir = tmp_path / "mismatch"
+    shutil.copytree(tiny_cross_encoder_dir, model_dir)
+    (model_dir / "decision.json").write_text(json.dumps(_decision_artifact("0123456789abcdef")))
+    with pytest.raises(decision.DecisionModelMismatch, match="fitted for cross-encoder 0123456789abcdef"):
+        run_verifier(model_loop, model_settings(reranker_path=model_dir))
+    # The same through an explicit path (REFLEX_VERIFIER_DECISION=<file>).
+    with pytest.raises(decision.DecisionModelMismatch, match="REFLEX_VERIFIER_DECISION=off"):
+        run_verifier(model_loop, model_settings(reranker_path=tiny_cross_encoder_dir,
+                                                verifier_decision=str(model_dir / "decision.json")))
+
+
+async def test_the_decision_model_answers_score_when_cosines_come(model_loop: LoopThread,
+                                                                  tiny_with_decision: Path) -> None:
+    running = run_verifier(model_loop, model_settings(reranker_path=tiny_with_decision))
+    c = GrpcVerifier(running.target)
+    try:
+        async with grpc.aio.insecure_channel(running.target) as channel:
+            info = await verifier_pb2_grpc.VerifierServiceStub(channel).Info(verifier_pb2.InfoRequest(), timeout=10)
+        assert decision.checkpoint_sha(tiny_with_decision) in info.decision_model
+        assert info.decision_threshold == pytest.approx(0.96) and info.decision_margin == 0.0
+        candidates = [CANDIDATES[i] for i in (0, 2, 3)]  # not the exact repeat (which scores 1)
+        plain = await c.score(QUERY, candidates, timeout=60)
+        # No cosines: the cross-encoder's own probability, as before.
+        assert plain == pytest.approx(reference_probabilities(tiny_with_decision, QUERY, candidates), abs=1e-4)
+        low = await c.score(QUERY, candidates, [0.55] * 3, timeout=60)
+        high = await c.score(QUERY, candidates, [0.99] * 3, timeout=60)
+        # The decision model's calibrated probability, computed from the same cross-encoder
+        # probabilities (one forward order) and the cosines; a higher cosine raises every score.
+        model = decision.DecisionModel.load(tiny_with_decision / "decision.json")
+        expected = model.score(QUERY, candidates, decision.logit_from_probability(plain).tolist(), [0.99] * 3)
+        assert high == pytest.approx(expected.tolist(), abs=1e-4)
+        assert all(h > lo for h, lo in zip(high, low, strict=True))
+        assert high != pytest.approx(plain, abs=1e-3)
+        # Half a set of cosines is a client bug, not "unknown".
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async with grpc.aio.insecure_channel(running.target) as channel:
+                await verifier_pb2_grpc.VerifierServiceStub(channel).Score(
+                    verifier_pb2.ScoreRequest(query=QUERY, candidates=candidates, cosines=[0.9]), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        await c.close()
+        running.stop()
+
+
+async def test_no_decision_model_when_switched_off_or_absent(model_loop: LoopThread, tiny_with_decision: Path,
+                                                             tiny_verifier: RunningServer) -> None:
+    off = run_verifier(model_loop, model_settings(reranker_path=tiny_with_decision, verifier_decision="off"))
+    try:
+        for running in (off, tiny_verifier):  # switched off; a checkpoint with no decision.json
+            assert running.server.backend.decision is None
+            async with grpc.aio.insecure_channel(running.target) as channel:
+                stub = verifier_pb2_grpc.VerifierServiceStub(channel)
+                info = await stub.Info(verifier_pb2.InfoRequest(), timeout=10)
+                assert info.decision_model == "" and info.decision_threshold == 0.0
+                with_cosines = await stub.Score(
+                    verifier_pb2.ScoreRequest(query=QUERY, candidates=CANDIDATES[:2], cosines=[0.99, 0.99]), timeout=30)
+                without = await stub.Score(verifier_pb2.ScoreRequest(query=QUERY, candidates=CANDIDATES[:2]), timeout=30)
+            assert list(with_cosines.scores) == pytest.approx(list(without.scores), abs=1e-6)
+    finally:
+        off.stop()

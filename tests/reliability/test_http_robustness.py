@@ -251,3 +251,12 @@ async def test_answers_over_the_cacheable_size_are_relayed_not_stored(
                 await server.flush()
     finally:
         await server.stop()
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "/abs", ".hidden", "x" * 65, "white space"])
+def test_a_collection_name_can_never_leave_the_storage_path(name: str) -> None:
+    from reflex.settings import GatewaySettings, SettingsError
+
+    with pytest.raises(SettingsError, match="REFLEX_QDRANT_COLLECTION"):
+        GatewaySettings.build(qdrant_collection=name)
+    assert GatewaySettings.build(qdrant_collection="reflex-prod_2").l2.collection == "reflex-prod_2"

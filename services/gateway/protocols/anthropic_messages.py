@@ -506,7 +506,7 @@ class AnthropicMessages(ProtocolAdapter):
             stream=request.get("stream") is True,
             canonical=canonical_request(request),
             question=question,
-            context=context_bytes(self.name, context_of(request)) if question is not None else b"",
+            context_source=lambda: context_bytes(self.name, context_of(request)),
         )
 
     def is_complete(self, answer: dict[str, Any]) -> bool:

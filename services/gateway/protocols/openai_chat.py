@@ -60,6 +60,9 @@ _JSON_OUTPUT_TYPES = frozenset({"json_object", "json_schema"})
 # arrive like a stream, large enough that a long answer is not thousands of SSE events.
 REPLAY_CHUNK_CHARS = 64
 DONE_EVENT = b"data: [DONE]\n\n"
+# OpenAI refuses more choices than this ("integer above maximum value"); so does the mock
+# provider, which would otherwise build (and block the event loop on) any number of choices.
+MAX_CHOICES = 128
 
 
 # ---------------------------------------------------------------------------- requests
@@ -420,7 +423,7 @@ class ChatCompletions(ProtocolAdapter):
             stream=request.get("stream") is True,
             canonical=canonical_request(request),
             question=question,
-            context=context_bytes(self.name, context_of(request)) if question is not None else b"",
+            context_source=lambda: context_bytes(self.name, context_of(request)),
         )
 
     def is_complete(self, answer: dict[str, Any]) -> bool:
@@ -485,6 +488,8 @@ class ChatCompletions(ProtocolAdapter):
 
     def mock_answer(self, request: ParsedRequest, text: str, answer_id: str) -> dict[str, Any]:
         n = int(request.body.get("n") or 1)
+        if n > MAX_CHOICES:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"'n' must be at most {MAX_CHOICES}", param="n")
         prompt_tokens = len(orjson.dumps(request.body.get("messages"))) // 4
         return {
             "id": "chatcmpl-mock-" + answer_id,

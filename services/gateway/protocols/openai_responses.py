@@ -449,7 +449,7 @@ class Responses(ProtocolAdapter):
             stream=request.get("stream") is True,
             canonical=canonical_request(request),
             question=question,
-            context=context,
+            context_source=lambda: context,
             cacheable=not reason,
             uncacheable_reason=reason,
         )

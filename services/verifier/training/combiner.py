@@ -45,6 +45,7 @@ import numpy as np
 
 from services.verifier.decision import (
     DecisionModel,
+    checkpoint_sha,
     default_artifact_path,
     pair_features,
 )
@@ -276,8 +277,8 @@ class Scorer:
         self.cmod = AutoModelForSequenceClassification.from_pretrained(
             self.ce_dir, local_files_only=True, dtype=torch.float32).eval()
         self.cache_dir = cache_dir
-        weights = (self.ce_dir / "model.safetensors").read_bytes()
-        self._ce_key = hashlib.blake2b(weights, digest_size=8).hexdigest()
+        # The same key the verifier service checks a decision model's meta.cross_encoder_sha by.
+        self._ce_key = checkpoint_sha(self.ce_dir)
 
     def logits(self, a: Sequence[str], b: Sequence[str], batch: int = 64) -> np.ndarray:
         torch = self.torch

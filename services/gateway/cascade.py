@@ -38,6 +38,8 @@ from services.gateway.selection import Selection
 
 log = logging.getLogger("reflex.gateway.cascade")
 
+# Consecutive failures of a semantic tier that open its circuit breaker (see ComponentHealth).
+BREAKER_FAILURES = 2
 # Entries at least this large are decoded and presented on a worker thread, not the event loop.
 OFFLOAD_BYTES = 256 * 1024
 
@@ -79,14 +81,17 @@ class Lookup:
 class ComponentHealth:
     """Which components failed last time they were used, and a circuit breaker over them.
 
-    Logs each outage and recovery once. A component that failed is skipped for ``retry_secs``
-    (its calls become plain misses at once, instead of each paying the full deadline); then one
-    call goes through as a probe, and if it fails the pause starts again. A success, the
-    probe's or a readiness check's, closes the breaker.
+    Logs each outage and recovery once. A component whose last BREAKER_FAILURES calls all
+    failed is skipped for ``retry_secs`` (its calls become plain misses at once, instead of each
+    paying the full deadline); then one call goes through as a probe, and if it fails the pause
+    starts again. A success, the probe's or a readiness check's, closes the breaker. One failure
+    alone does not open it: with several replicas behind one target, a replica killed mid-call
+    fails only its own calls while round_robin routes the next ones to the others.
     """
 
     def __init__(self, retry_secs: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._failing: dict[str, str] = {}
+        self._in_a_row: dict[str, int] = {}
         self._retry_at: dict[str, float] = {}
         self._retry_secs = retry_secs
         self._clock = clock
@@ -95,10 +100,12 @@ class ComponentHealth:
         if component not in self._failing:
             log.warning("%s unavailable (%s: %s); falling back to misses until it returns", component, reason, detail)
         self._failing[component] = reason
-        if self._retry_secs > 0:
+        self._in_a_row[component] = self._in_a_row.get(component, 0) + 1
+        if self._retry_secs > 0 and self._in_a_row[component] >= BREAKER_FAILURES:
             self._retry_at[component] = self._clock() + self._retry_secs
 
     def ok(self, component: str) -> None:
+        self._in_a_row.pop(component, None)
         self._retry_at.pop(component, None)
         if self._failing.pop(component, None) is not None:
             log.info("%s is back", component)
@@ -156,7 +163,8 @@ class Cascade:
         started = time.perf_counter()
         try:
             try:
-                result = await (asyncio.wait_for(call(), deadline) if deadline is not None else call())
+                async with asyncio.timeout(deadline):  # None: no deadline; no extra task either way
+                    result = await call()
             except TimeoutError:
                 raise TierUnavailable(component, "timeout", f"no answer within {deadline:.3f} s") from None
         except TierUnavailable as exc:

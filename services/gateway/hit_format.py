@@ -83,13 +83,18 @@ def present_hit(
     ``auto`` serves the Tauq envelope only when it is shorter than the raw content (a JSON
     answer, typically); prose, code and edit blocks reach the client untouched.
     """
-    served = copy.deepcopy(answer)
     saved = tokens_saved(protocol, answer, request)
+    # A raw hit is the cached answer itself: served as it is, never copied (the copy was the
+    # largest single cost of an exact hit). Only a hit whose text is rewritten gets a copy.
     if requested is ResponseFormat.RAW:
-        return served, HitAccounting(ResponseFormat.RAW, saved, 0, REASON_REQUESTED_RAW)
+        return answer, HitAccounting(ResponseFormat.RAW, saved, 0, REASON_REQUESTED_RAW)
     reason = protocol.raw_reason(answer, request)
     if reason is not None:
-        return served, HitAccounting(ResponseFormat.RAW, saved, 0, reason)
+        return answer, HitAccounting(ResponseFormat.RAW, saved, 0, reason)
+    if requested is ResponseFormat.AUTO and not any(_json_answer(text) is not None
+                                                    for text, _ in protocol.text_slots(answer)):
+        return answer, HitAccounting(ResponseFormat.RAW, saved, 0, REASON_AUTO_RAW)
+    served = copy.deepcopy(answer)
     slots = list(protocol.text_slots(served))
     if not slots:
         return served, HitAccounting(ResponseFormat.RAW, saved, 0, REASON_NOT_TEXT)

@@ -161,3 +161,42 @@ def test_l2_survives_a_restart_and_ctrl_c_is_clean(
         assert status == "hit-l3-verified", headers
     finally:
         assert restarted.stop() == 0
+
+
+@pytest.mark.slow
+def test_l2_survives_kill_9(storage: Path, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill -9 of the whole process (no drain, no clean close of the shard): every answer L2 had
+    stored is served after a restart, the same answer byte for byte (issue "Reliability")."""
+    monkeypatch.setenv("REFLEX_ADMIN_TOKEN", "e2e-admin")  # only to see that L2 has every entry
+    folder = storage / "kill-9"
+    folder.mkdir()
+    questions = ["How do I reverse a list in Python?", "What is the difference between TCP and UDP?",
+                 "How do I center a div in CSS?"]
+    first = ServeProcess(folder, upstream)
+    try:
+        answers = {}
+        for question in questions:
+            status, _, answers[question] = first.ask(question)
+            assert status == "miss"
+        deadline = time.monotonic() + 30
+        while True:
+            tenants = httpx.get(f"{first.base}/admin/v1/stats", headers={"Authorization": "Bearer e2e-admin"}).json()
+            if sum(t["entries"]["l2"] for t in tenants["tenants"].values()) == len(questions):
+                break
+            assert time.monotonic() < deadline, tenants
+            time.sleep(0.2)
+        first.process.send_signal(signal.SIGKILL)
+        assert first.process.wait(30) == -signal.SIGKILL
+    finally:
+        if first.process.poll() is None:
+            first.process.kill()
+        first._log_file.close()
+
+    restarted = ServeProcess(folder, upstream)
+    try:
+        for question in questions:
+            status, headers, answer = restarted.ask(question)  # L1 died with the process: from L2
+            assert status == "hit-l3-verified", headers
+            assert answer == answers[question]
+    finally:
+        assert restarted.stop() == 0

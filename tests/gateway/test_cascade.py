@@ -473,23 +473,24 @@ async def test_a_stalled_verifier_costs_one_deadline_then_is_skipped_until_a_pro
     # whole verifier deadline (300 ms here) before going upstream.
     client = await make_client(tier_retry_secs=0.6)
     await chat(client, QUESTION)  # stored: later questions on the topic find a candidate
-    rewordings = [f"{PARAPHRASE} (take {i})" for i in range(6)]
+    rewordings = [f"{PARAPHRASE} (take {i})" for i in range(6)]  # each a new L1 key
     embedder.topics.update({r: "css" for r in rewordings})  # each one a new L1 key, one topic
     verifier.stall = 5.0
-    _, headers, _ = await chat(client, rewordings[0])
-    failed_at = asyncio.get_running_loop().time()  # the timeout has just opened the breaker
-    assert headers["X-Reflex-Status"] == "miss"
+    for rewording in rewordings[:2]:  # two deadlines in a row open the breaker (one would not)
+        _, headers, _ = await chat(client, rewording)
+        assert headers["X-Reflex-Status"] == "miss"
+    failed_at = asyncio.get_running_loop().time()
     calls_after_the_timeout = len(verifier.calls)
-    for rewording in rewordings[1:4]:  # inside the pause: a plain miss without calling the verifier
+    for rewording in rewordings[2:5]:  # inside the pause: a plain miss without calling the verifier
         _, headers, _ = await chat(client, rewording)
         assert headers["X-Reflex-Status"] == "miss"
     assert len(verifier.calls) == calls_after_the_timeout
     failures = client.app[STATE].metrics.tier_failures
     assert failures.labels("verifier", "circuit_open")._value.get() == 3
     verifier.stall = 0.0
-    verifier.scores[(rewordings[4], QUESTION)] = 0.99
+    verifier.scores[(rewordings[5], QUESTION)] = 0.99
     await asyncio.sleep(max(0.0, failed_at + 0.7 - asyncio.get_running_loop().time()))
-    _, headers, _ = await chat(client, rewordings[4])  # the probe: the verifier is back
+    _, headers, _ = await chat(client, rewordings[5])  # the probe: the verifier is back
     assert headers["X-Reflex-Status"] == "hit-l3-verified"
     assert len(verifier.calls) == calls_after_the_timeout + 1
 

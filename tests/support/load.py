@@ -23,7 +23,6 @@ import orjson
 
 PROTOCOLS = ("chat", "messages", "responses")
 PATHS = {"chat": "/v1/chat/completions", "messages": "/v1/messages", "responses": "/v1/responses"}
-END_MARKERS = {"chat": "[DONE]", "messages": "message_stop", "responses": "response.completed"}
 
 
 def request_body(protocol: str, question: str, *, stream: bool, model: str = "fake-model") -> dict[str, Any]:
@@ -166,9 +165,9 @@ class Load:
         with httpx.Client(timeout=30) as client:
             while not self._stop.is_set():
                 draw = rng.random()
-                if draw < 0.4 or not asked:
+                if draw < 0.4:
                     question = rng.choice(self.warm)
-                elif draw < 0.7:
+                elif draw < 0.7 and asked:
                     question = rng.choice(asked)  # one of its own earlier misses: a hit once stored
                 else:
                     question = f"Load question {number}.{len(asked)} (seed {self.seed})?"

@@ -46,6 +46,13 @@ def _alias(env: str) -> Any:
     return AliasChoices(env)
 
 
+def _http_url(value: str) -> str:
+    """A provider base URL: http(s), without a trailing slash (paths are appended to it)."""
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value.rstrip("/")
+
+
 class SettingsGroup(BaseSettings):
     """A handful of related variables; groups are combined into a process's settings."""
 
@@ -164,12 +171,7 @@ class UpstreamSettings(SettingsGroup):
         "'0' or empty means off.",
     )
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return v.rstrip("/")
+    _url = field_validator("url")(classmethod(lambda cls, v: _http_url(v)))
 
 
 class AnthropicUpstreamSettings(SettingsGroup):
@@ -188,12 +190,7 @@ class AnthropicUpstreamSettings(SettingsGroup):
         "credential (the provider key held centrally).",
     )
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return v.rstrip("/")
+    _url = field_validator("url")(classmethod(lambda cls, v: _http_url(v)))
 
 
 class CacheSettings(SettingsGroup):

@@ -28,7 +28,6 @@ from services.gateway.errors import (
     ErrorKind,
     GatewayError,
     dialect_of,
-    envelope,
     error_response,
 )
 from services.gateway.keys import AUTHORIZATION, X_API_KEY, Credential, RequestKeys, credential_from_headers, tenant_id
@@ -335,7 +334,7 @@ async def _relay_stream(call: ApiCall, reply: UpstreamReply, started: float) -> 
         timed_out = isinstance(exc, TimeoutError) or (
             isinstance(exc, GatewayError) and exc.kind is ErrorKind.UPSTREAM_TIMEOUT)
         kind = ErrorKind.UPSTREAM_TIMEOUT if timed_out else ErrorKind.UPSTREAM_UNREACHABLE
-        await response.write(_stream_error(call.protocol, kind, "the upstream stream was interrupted"))
+        await response.write(call.protocol.stream_error(kind, "the upstream stream was interrupted"))
         await response.write_eof()
         return response
     except asyncio.CancelledError:
@@ -345,7 +344,7 @@ async def _relay_stream(call: ApiCall, reply: UpstreamReply, started: float) -> 
         # would corrupt the stream, so end it in-band, like an upstream failure. Not cached.
         log.exception("relaying a stream failed")
         state.metrics.not_cached.labels("relay_error").inc()
-        await response.write(_stream_error(call.protocol, ErrorKind.INTERNAL, "the gateway failed relaying the stream"))
+        await response.write(call.protocol.stream_error(ErrorKind.INTERNAL, "the gateway failed relaying the stream"))
         await response.write_eof()
         return response
     if not assembler.done:
@@ -363,10 +362,6 @@ def _watch(assembler: StreamAssembly, data: bytes) -> None:
     except Exception:  # noqa: BLE001 - a watcher's bug must never break the client's stream
         log.exception("stream assembler failed; the answer will not be cached")
         assembler.broken = True  # type: ignore[attr-defined]
-
-
-def _stream_error(protocol: ProtocolAdapter, kind: ErrorKind, message: str) -> bytes:
-    return protocol.stream_error(kind, message)
 
 
 def _store_stream(call: ApiCall, assembler: StreamAssembly) -> None:

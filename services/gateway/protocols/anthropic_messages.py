@@ -498,14 +498,10 @@ class AnthropicMessages(ProtocolAdapter):
     def parse(self, body: bytes) -> ParsedRequest:
         request = decode_json_object(body)
         validate_messages_request(request)
-        question = semantic_question(request)
-        return ParsedRequest(
-            protocol=self.name,
-            body=request,
-            model=request["model"],
-            stream=request.get("stream") is True,
+        return self.neutral_form(
+            request,
             canonical=canonical_request(request),
-            question=question,
+            question=semantic_question(request),
             context_source=lambda: context_bytes(self.name, context_of(request)),
         )
 

@@ -183,6 +183,29 @@ class ProtocolAdapter(abc.ABC):
     def usage_tokens(self, answer: dict[str, Any]) -> int:
         """Input + output tokens the provider billed for the answer (0 when it did not say)."""
 
+    def neutral_form(
+        self,
+        request: dict[str, Any],
+        *,
+        canonical: bytes,
+        question: str | None,
+        context_source: Callable[[], bytes],
+        uncacheable_reason: str = "",
+    ) -> ParsedRequest:
+        """The ParsedRequest of a validated body (``model`` and ``stream`` are read the same
+        way in every protocol); ``context_source`` runs only if the semantic tiers need it."""
+        return ParsedRequest(
+            protocol=self.name,
+            body=request,
+            model=request["model"],
+            stream=request.get("stream") is True,
+            canonical=canonical,
+            question=question,
+            context_source=context_source,
+            cacheable=not uncacheable_reason,
+            uncacheable_reason=uncacheable_reason,
+        )
+
     def stream_error(self, kind: ErrorKind, message: str) -> bytes:
         """An in-band error event, for a stream whose headers are already sent: the SDKs raise
         on it instead of taking a cut stream for a complete one."""

@@ -415,14 +415,10 @@ class ChatCompletions(ProtocolAdapter):
     def parse(self, body: bytes) -> ParsedRequest:
         request = decode_json_object(body)
         validate_chat_request(request)
-        question = semantic_question(request)
-        return ParsedRequest(
-            protocol=self.name,
-            body=request,
-            model=request["model"],
-            stream=request.get("stream") is True,
+        return self.neutral_form(
+            request,
             canonical=canonical_request(request),
-            question=question,
+            question=semantic_question(request),
             context_source=lambda: context_bytes(self.name, context_of(request)),
         )
 

@@ -442,15 +442,11 @@ class Responses(ProtocolAdapter):
         validate_responses_request(request)
         reason = uncacheable_reason(request)
         question, context = question_and_context(request, self.name)
-        return ParsedRequest(
-            protocol=self.name,
-            body=request,
-            model=request["model"],
-            stream=request.get("stream") is True,
+        return self.neutral_form(
+            request,
             canonical=canonical_request(request),
             question=question,
             context_source=lambda: context,
-            cacheable=not reason,
             uncacheable_reason=reason,
         )
 

@@ -10,9 +10,10 @@ gateway, ``reflex serve``), so none shares a GIL with this client or the load ge
   else by an aiohttp load loop in a process of its own.
 * **Semantic** (``reflex serve`` with its real embedder, verifier and Qdrant Edge): a tenant
   stores a few questions, then, taking turns: an L3-verified hit (a reworded stored question),
-  a miss that had candidates to verify (an unrelated question in that tenant; the cosine floor
-  is lowered so that every stored entry is a candidate, as in a populated cache), a miss with
-  no candidate (a tenant of its own), and the fake upstream called directly.
+  a miss that had candidates to verify (the same how-to in a language none of the stored
+  questions names: its stored siblings pass the default cosine floor, and the verifier must
+  run and say no, as for most misses in a populated cache), a miss with no candidate (a tenant
+  of its own), and the fake upstream called directly.
 """
 
 from __future__ import annotations
@@ -124,15 +125,31 @@ def _check(samples: list[tuple[float, str]], status: str, what: str) -> list[flo
     return [ms for ms, _ in samples]
 
 
-def load(url: str, duration: float, connections: int) -> tuple[float, str]:
-    """Requests/s of L1-style load on ``url`` (wrk when installed, else a Python loop)."""
+def cores_for_load() -> tuple[int, int] | None:
+    """(the servers' core, the load generator's core) when there are two to give: pinned apart,
+    the server under test and wrk never take turns on one core, and the throughput figures
+    stop depending on how the scheduler happens to place them."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return (cores[0], cores[1]) if len(cores) >= 2 else None
+
+
+def _pin(pid: int, core: int | None) -> None:
+    if core is not None:
+        os.sched_setaffinity(pid, {core})
+
+
+def load(url: str, duration: float, connections: int, core: int | None = None) -> tuple[float, str]:
+    """Requests/s of L1-style load on ``url`` (wrk when installed, else a Python loop), on
+    ``core`` when given."""
+    pin = (lambda: _pin(0, core)) if core is not None else None
     if shutil.which("wrk"):
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
             script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(BODY))}\n'
                          + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in HEADERS.items()))
         try:
             result = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
-                                     "-s", script.name, url], capture_output=True, text=True, check=True)
+                                     "-s", script.name, url], capture_output=True, text=True, check=True,
+                                    preexec_fn=pin)
         finally:
             os.unlink(script.name)
         if "Non-2xx" in result.stdout:
@@ -141,7 +158,7 @@ def load(url: str, duration: float, connections: int) -> tuple[float, str]:
         return float(line.split()[1]), "wrk"
     result = subprocess.run(
         [sys.executable, "-c", LOAD_LOOP, url, json.dumps(BODY), json.dumps(HEADERS), str(duration), str(connections)],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, preexec_fn=pin,
     )
     data = json.loads(result.stdout)
     if data["errors"]:
@@ -173,6 +190,12 @@ async def bench_l1(progress: Progress, *, requests: int, duration: float, connec
         await wait_up(f"http://127.0.0.1:{bare_port}/healthz", 30, procs[1])
         for n, port in enumerate(gateways.values()):
             await wait_up(f"http://127.0.0.1:{port}/healthz", 60, procs[2 + n])
+        pinned = cores_for_load()
+        server_core, load_core = pinned if pinned is not None else (None, None)
+        # every server (Redis too, and their threads) on one core, the load on the other
+        for pid in [p.pid for p in procs] + ([redis_proc.pid()] if redis_proc is not None else []):
+            for thread in os.listdir(f"/proc/{pid}/task") if pinned is not None else ():
+                _pin(int(thread), server_core)
         direct_url = f"{upstream_url}/chat/completions"
         bare_url = f"http://127.0.0.1:{bare_port}/v1/chat/completions"
         for l1, port in gateways.items():
@@ -205,8 +228,8 @@ async def bench_l1(progress: Progress, *, requests: int, duration: float, connec
             for r in range(rounds):
                 progress.step(f"L1 throughput ({label}), round {r + 1}/{rounds}: {duration:.0f} s bare, "
                               f"{duration:.0f} s gateway, {connections} connections")
-                bare_rps, tool = await asyncio.to_thread(load, bare_url, duration, connections)
-                hit_rps, tool = await asyncio.to_thread(load, url, duration, connections)
+                bare_rps, tool = await asyncio.to_thread(load, bare_url, duration, connections, load_core)
+                hit_rps, tool = await asyncio.to_thread(load, url, duration, connections, load_core)
                 bare_rates.append(bare_rps)
                 hit_rates.append(hit_rps)
                 ratios.append(hit_rps / bare_rps)
@@ -215,7 +238,8 @@ async def bench_l1(progress: Progress, *, requests: int, duration: float, connec
                 f"l1_hit_throughput{suffix}", section="l1", what=f"L1-hit throughput ({label})",
                 value=hit_rates[best], unit="req/s", baseline="bare aiohttp handler", baseline_value=bare_rates[best],
                 better="higher", detail={"load_generator": tool, "connections": connections, "seconds": duration,
-                                         "round_ratios": ratios},
+                                         "round_ratios": ratios,
+                                         "cores": {"servers": server_core, "load": load_core}},
             ))
     finally:
         stop_all(procs)
@@ -230,6 +254,8 @@ async def bench_l1(progress: Progress, *, requests: int, duration: float, connec
 _VERBS = ("reverse", "sort", "copy", "merge", "flatten", "serialize", "parse", "validate")
 _NOUNS = ("a list", "a dictionary", "a JSON file", "a CSV file", "a string", "a date", "a set", "a queue")
 _LANGUAGES = ("Python", "Rust", "Go", "JavaScript")
+# Languages no stored question names: their questions are near misses (see near_miss).
+_OTHER_LANGUAGES = ("Kotlin", "Swift", "Ruby", "Haskell")
 
 
 def stored_questions(n: int) -> list[str]:
@@ -237,6 +263,13 @@ def stored_questions(n: int) -> list[str]:
     if n > len(every):
         raise ValueError(f"at most {len(every)} stored questions")
     return every[:n]
+
+
+def near_miss(i: int) -> str:
+    """The i-th question that is close to stored ones (the same how-to) but asks about a language
+    none of them names: L2 finds candidates, and only the verifier can tell it is a miss."""
+    every = [f"How do I {verb} {noun} in {lang}?" for lang in _OTHER_LANGUAGES for verb in _VERBS for noun in _NOUNS]
+    return every[i % len(every)]
 
 
 def reworded(question: str) -> str:
@@ -254,8 +287,6 @@ async def bench_semantic(progress: Progress, *, requests: int, start_timeout: fl
             procs.append(_spawn_reflex("serve", _env(
                 REFLEX_PORT=str(serve_port), REFLEX_UPSTREAM_URL=upstream_url,
                 REFLEX_STORAGE_PATH=str(Path(tmp) / "data"),
-                # Every stored entry of the tenant is a candidate: the verifier always runs.
-                REFLEX_L2_MIN_SIMILARITY="-1",
             )))
             progress.step("semantic: starting `reflex serve` (embedder, verifier, Qdrant Edge)")
             await wait_up(f"{upstream_url}/models", 30, procs[0])
@@ -275,8 +306,7 @@ async def bench_semantic(progress: Progress, *, requests: int, start_timeout: fl
             samples = await interleaved({
                 "direct": (f"{upstream_url}/chat/completions", lambda i: _question(f"direct {fresh} {i}")),
                 "l3": (url, lambda i: _question(reworded(questions[i]), tenant)),
-                "miss_candidates": (url, lambda i: _question(
-                    f"What was the population of the town numbered {fresh + i} in 1850?", tenant)),
+                "miss_candidates": (url, lambda i: _question(near_miss(i), tenant)),
                 "miss_none": (url, lambda i: _question(
                     f"new question {fresh} {i}", {"Authorization": f"Bearer sk-bench-alone-{fresh}-{i}"})),
             }, requests, warmup=warmup)

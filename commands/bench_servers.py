@@ -90,6 +90,10 @@ class RedisProcess:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def pid(self) -> int:
+        assert self._proc is not None, "not started"
+        return self._proc.pid
+
     @staticmethod
     def available() -> bool:
         return shutil.which("redis-server") is not None

@@ -40,13 +40,16 @@ class Embedder(Protocol):
 
 class Verifier(Protocol):
     async def score(
-        self, query: str, candidates: Sequence[str], cosines: Sequence[float] | None = None, *, timeout: float
+        self, query: str, candidates: Sequence[str], cosines: Sequence[float] | None = None, *, timeout: float,
+        min_score: float = 0.0,
     ) -> list[float]:
         """One probability in [0, 1] per candidate, in order, from a single call. Raises TierUnavailable.
 
         ``cosines``: the embedder cosine of each candidate to the query (L2's similarity), one
         per candidate, or None when unknown. The verifier's decision model uses them; without
-        them it answers the cross-encoder's probability alone (see verifier.proto)."""
+        them it answers the cross-encoder's probability alone (see verifier.proto).
+        ``min_score``: the lowest score the caller can use; a candidate that cannot reach it
+        may get an upper bound below it instead of its exact score (0: exact scores for all)."""
 
     async def check(self) -> None: ...
 

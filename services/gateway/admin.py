@@ -38,7 +38,7 @@ from aiohttp import web
 
 from reflex.tiers import TierUnavailable
 from services.gateway.keys import ANONYMOUS_TENANT, api_key_from_headers, tenant_id
-from services.gateway.lifecycle import LIFECYCLE, NOT_ACTIVITY, lifecycle_ctx
+from services.gateway.lifecycle import LIFECYCLE, lifecycle_ctx
 from services.gateway.selection import Selection
 from services.gateway.snapshot import SnapshotError
 from services.gateway.state import STATE
@@ -74,32 +74,24 @@ def _error(status: int, message: str, kind: str, code: str) -> web.Response:
     return _json({"error": {"message": message, "type": kind, "param": None, "code": code}}, status)
 
 
-# ---------------------------------------------------------------------------- middleware
-@web.middleware
-async def track_usage(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The idle clock (every request but probes and scrapes), and per-tenant request counts from
-    the X-Reflex-Status / X-Reflex-Tenant / X-Reflex-Tokens-Saved headers the answer carries."""
-    lifecycle = request.app.get(LIFECYCLE)
-    activity = lifecycle is not None and request.path not in NOT_ACTIVITY
-    if activity:
-        lifecycle.touch()  # type: ignore[union-attr]
+# ---------------------------------------------------------------------------- usage
+def record_usage(app: web.Application, response: web.StreamResponse) -> None:
+    """Per-tenant request counts, from the X-Reflex-Status / X-Reflex-Tenant /
+    X-Reflex-Tokens-Saved headers an API answer carries (the gateway's middleware calls it
+    for every response; others carry no tenant and are not counted)."""
+    headers = response.headers
+    status, tenant = headers.get("X-Reflex-Status"), headers.get("X-Reflex-Tenant")
+    if not (status and tenant):
+        return
+    # plain str: the handlers may set a StrEnum, and these become JSON keys and label values
+    status, tenant = str(status), str(tenant)
     try:
-        response = await handler(request)
-    finally:
-        if activity:
-            lifecycle.touch()  # type: ignore[union-attr] - a long stream ends now: idle counts from here
-    status, tenant = response.headers.get("X-Reflex-Status"), response.headers.get("X-Reflex-Tenant")
-    if status and tenant:
-        # plain str: the handlers may set a StrEnum, and these become JSON keys and label values
-        status, tenant = str(status), str(tenant)
-        try:
-            saved = int(response.headers.get("X-Reflex-Tokens-Saved", "0"))
-        except ValueError:
-            saved = 0
-        request.app[USAGE].record(tenant, status, saved)
-        metrics = request.app[STATE].metrics
-        metrics.tenant_requests.labels(metrics.tenant(tenant), status).inc()
-    return response
+        saved = int(headers.get("X-Reflex-Tokens-Saved", "0"))
+    except ValueError:
+        saved = 0
+    app[USAGE].record(tenant, status, saved)
+    metrics = app[STATE].metrics
+    metrics.tenant_requests.labels(metrics.tenant(tenant), status).inc()
 
 
 # ---------------------------------------------------------------------------- admin API
@@ -258,10 +250,10 @@ async def delete_own_entry(request: web.Request) -> web.Response:
 
 
 def add_admin_routes(app: web.Application) -> None:
-    """Self-service routes, the admin API (when REFLEX_ADMIN_TOKEN is set), the usage middleware,
-    and the lifecycle's cleanup_ctx (appended last: it starts after the state and stops first)."""
+    """Self-service routes, the admin API (when REFLEX_ADMIN_TOKEN is set), the usage tally
+    (filled by the gateway's middleware), and the lifecycle's cleanup_ctx (appended last: it
+    starts after the state and stops first)."""
     app[USAGE] = TenantUsage()
-    app.middlewares.append(track_usage)
     app.cleanup_ctx.append(lifecycle_ctx)
     app.router.add_delete("/v1/reflex/cache", tier_errors(delete_own_cache))
     app.router.add_delete("/v1/reflex/cache/{entry_id}", tier_errors(delete_own_entry))

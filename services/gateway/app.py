@@ -18,10 +18,10 @@ from reflex.settings import GatewaySettings
 from reflex.tiers import Embedder, L2Store, Verifier
 from services.gateway.admin import add_admin_routes
 from services.gateway.cascade import Cascade, SemanticTiers
-from services.gateway.errors import error_middleware
-from services.gateway.handlers import add_routes, bound_inflight, count_requests
+from services.gateway.handlers import add_routes
 from services.gateway.l1 import open_l1
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.middleware import gateway_middleware
 from services.gateway.openapi import add_openapi_route
 from services.gateway.protocols import all_protocols
 from services.gateway.l2.managed import ManagedL2
@@ -44,7 +44,7 @@ def create_app(
     app = web.Application(
         # aiohttp itself refuses larger bodies (the error middleware renders the 413)
         client_max_size=settings.http.max_body_bytes,
-        middlewares=[count_requests, error_middleware, bound_inflight],
+        middlewares=[gateway_middleware],  # one layer: see middleware.py
     )
     app[METRICS] = GatewayMetrics(max_tenant_series=settings.http.metrics_max_tenants)
     protocols = all_protocols()

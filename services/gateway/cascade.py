@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -34,6 +34,7 @@ from reflex.tiers import (
 from services.gateway.keys import RequestKeys
 from services.gateway.l1 import L1Cache, L1Item, L1Tags
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.repeats import ParseOnce
 from services.gateway.selection import Selection
 
 log = logging.getLogger("reflex.gateway.cascade")
@@ -66,8 +67,10 @@ class SemanticTiers:
     l2: L2Store
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Lookup:
+    # Not frozen: lookup() sets lookup_ms on the result (dataclasses.replace, or a frozen
+    # dataclass's __init__, costs microseconds that every L1 hit pays).
     status: CacheStatus  # HIT_L1, HIT_L3, MISS, or BYPASS when no lookup was made
     entry: CachedEntry | None = None
     similarity: float | None = None
@@ -140,12 +143,15 @@ class Cascade:
         self.tiers = tiers
         self.metrics = metrics
         self.health = health or ComponentHealth(settings.cache.tier_retry_secs)
+        # the entries of exact hits, decoded once per distinct value (repeats.py)
+        self._decoded: ParseOnce[CachedEntry] = ParseOnce()
         self._embed_timeout = settings.models.embedder_timeout_ms / 1000
         self._verify_timeout = settings.models.verifier_timeout_ms / 1000
         self._l2_timeout = settings.l2.timeout_ms / 1000
         # the clients enforce their own deadlines; ours is the backstop, a little later so
         # that a client's richer error (and its reason label) normally wins
         self._backstop = 0.05
+        self._min_useful_score = settings.verifier.threshold
 
     # ------------------------------------------------------------------ plumbing
     async def _call(
@@ -162,11 +168,15 @@ class Cascade:
             return None
         started = time.perf_counter()
         try:
-            try:
-                async with asyncio.timeout(deadline):  # None: no deadline; no extra task either way
-                    result = await call()
-            except TimeoutError:
-                raise TierUnavailable(component, "timeout", f"no answer within {deadline:.3f} s") from None
+            if deadline is None:
+                # L1: its clients bound their own calls; no Timeout object on the hit path
+                result = await call()
+            else:
+                try:
+                    async with asyncio.timeout(deadline):  # no extra task, unlike wait_for
+                        result = await call()
+                except TimeoutError:
+                    raise TierUnavailable(component, "timeout", f"no answer within {deadline:.3f} s") from None
         except TierUnavailable as exc:
             self.metrics.tier_failures.labels(exc.component, exc.reason).inc()
             self.health.failed(exc.component, exc.reason, str(exc))
@@ -190,7 +200,8 @@ class Cascade:
         result = await self._lookup(keys)
         elapsed = time.perf_counter() - started
         self.metrics.lookup_seconds.labels("total").observe(elapsed)
-        return replace(result, lookup_ms=elapsed * 1000)
+        result.lookup_ms = elapsed * 1000
+        return result
 
     async def _lookup(self, keys: RequestKeys) -> Lookup:
         raw = await self._call(self.l1.name, "l1", lambda: self.l1.get(keys.l1_key))
@@ -228,8 +239,12 @@ class Cascade:
             "verifier",
             "verify",
             # The cosines L2 found them by go along: the verifier's decision model uses them.
+            # A score below the threshold changes no decision (decision_rule: the margin only
+            # weighs runners-up that reach it), so the verifier may skip the model for
+            # candidates that cannot reach it.
             lambda: tiers.verifier.score(question, [c.question for c in candidates],
-                                         [c.similarity for c in candidates], timeout=self._verify_timeout),
+                                         [c.similarity for c in candidates], timeout=self._verify_timeout,
+                                         min_score=self._min_useful_score),
             self._verify_timeout + self._backstop,
         )
         if scores is None:
@@ -268,7 +283,9 @@ class Cascade:
 
     def _decode(self, raw: bytes, tier: str) -> CachedEntry | None:
         try:
-            return CachedEntry.from_bytes(raw)
+            # keyed by the bytes themselves: the in-process L1 hands out the same object each
+            # time (its hash is computed once), a Redis value is hashed and compared in C
+            return self._decoded.get(raw, len(raw), lambda: CachedEntry.from_bytes(raw))
         except (ValueError, KeyError, TypeError) as exc:
             # e.g. an entry written by an incompatible version sharing the same Redis
             log.warning("unreadable %s entry skipped: %s", tier, exc)

@@ -110,35 +110,34 @@ def error_response(
     )
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    """Render GatewayError and aiohttp's own HTTP errors in the envelope; never a traceback."""
+def render_error(request: web.BaseRequest, exc: Exception) -> web.StreamResponse:
+    """The envelope for an exception a handler raised (GatewayError, aiohttp's HTTP errors, a
+    body that cannot be read, a bug); never a traceback. Re-raises what is not an error of the
+    request (other HTTP exceptions, a timeout that was not the body read's) for aiohttp.
+    Called by the gateway's middleware (middleware.py)."""
     dialect = dialect_of(request.path)
-    try:
-        return await handler(request)
-    except GatewayError as exc:
+    if isinstance(exc, GatewayError):
         return error_response(exc.kind, exc.message, param=exc.param, dialect=dialect)
-    except web.HTTPRequestEntityTooLarge:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return error_response(ErrorKind.BODY_TOO_LARGE, "request body is larger than the gateway accepts", dialect=dialect)
-    except (BadHttpMessage, web.RequestPayloadError) as exc:
+    if isinstance(exc, (BadHttpMessage, web.RequestPayloadError)):
         # e.g. Content-Encoding: gzip on a body that is not gzip: the caller's mistake, a 400
         cause = exc.__cause__ if isinstance(exc, web.RequestPayloadError) and exc.__cause__ else exc
         detail = getattr(cause, "message", "") or type(cause).__name__
         return error_response(ErrorKind.INVALID_ENCODING, f"request body cannot be read: {detail}", dialect=dialect)
-    except TimeoutError:
+    if isinstance(exc, TimeoutError):
         if request.get(BODY_READ_TIMED_OUT):
             return error_response(ErrorKind.REQUEST_TIMEOUT, "the request body did not arrive in time", dialect=dialect)
-        raise
-    except web.HTTPNotFound:
+        raise exc
+    if isinstance(exc, web.HTTPNotFound):
         # a mistyped base URL should read clearly in an SDK's exception, not as HTML
         return error_response(ErrorKind.NOT_FOUND, f"no route for {request.method} {request.path}", dialect=dialect)
-    except web.HTTPMethodNotAllowed:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
         return error_response(
             ErrorKind.METHOD_NOT_ALLOWED, f"{request.method} is not allowed on {request.path}", dialect=dialect
         )
-    except web.HTTPException:
-        raise
-    except Exception:
-        # a bug: the traceback goes to our log, the caller gets the envelope, never the trace
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(ErrorKind.INTERNAL, "internal error in the Reflex gateway", dialect=dialect)
+    if isinstance(exc, web.HTTPException):
+        raise exc
+    # a bug: the traceback goes to our log, the caller gets the envelope, never the trace
+    log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
+    return error_response(ErrorKind.INTERNAL, "internal error in the Reflex gateway", dialect=dialect)

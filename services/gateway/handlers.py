@@ -17,17 +17,16 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+from blake3 import blake3
 
 from reflex.entry import CachedEntry
 from reflex.settings import ResponseFormat
 from services.gateway import hit_format
 from services.gateway.cascade import OFFLOAD_BYTES, CacheStatus, Lookup
 from services.gateway.errors import (
-    BODY_READ_TIMED_OUT,
     ErrorDialect,
     ErrorKind,
     GatewayError,
-    dialect_of,
     error_response,
 )
 from services.gateway.keys import AUTHORIZATION, X_API_KEY, Credential, RequestKeys, credential_from_headers, tenant_id
@@ -55,7 +54,10 @@ class CacheMode(StrEnum):
 
 
 def cache_mode(headers: Mapping[str, str]) -> CacheMode:
-    reflex = headers.get("X-Reflex-Cache", "").strip().lower()
+    reflex_header, cache_control = headers.get("X-Reflex-Cache"), headers.get("Cache-Control")
+    if reflex_header is None and cache_control is None:
+        return CacheMode.LOOKUP  # the usual request: neither header
+    reflex = (reflex_header or "").strip().lower()
     if reflex:
         if reflex == "bypass":
             return CacheMode.NO_STORE
@@ -64,7 +66,7 @@ def cache_mode(headers: Mapping[str, str]) -> CacheMode:
         raise GatewayError(
             ErrorKind.INVALID_REQUEST, "X-Reflex-Cache must be 'bypass' or 'refresh'", param="X-Reflex-Cache"
         )
-    directives = {d.strip().lower() for d in headers.get("Cache-Control", "").split(",")}
+    directives = {d.strip().lower() for d in (cache_control or "").split(",")}
     if "no-store" in directives:
         return CacheMode.NO_STORE
     if "no-cache" in directives:
@@ -73,7 +75,10 @@ def cache_mode(headers: Mapping[str, str]) -> CacheMode:
 
 
 def requested_format(headers: Mapping[str, str], default: ResponseFormat) -> ResponseFormat:
-    value = headers.get("X-Reflex-Format", "").strip().lower()
+    value = headers.get("X-Reflex-Format")
+    if value is None:
+        return default
+    value = value.strip().lower()
     if not value:
         return default
     try:
@@ -143,7 +148,8 @@ async def _handle(request: web.Request, protocol: ProtocolAdapter) -> web.Stream
         raise GatewayError(
             ErrorKind.BODY_TOO_LARGE, f"request body exceeds {state.settings.http.max_body_bytes} bytes"
         ) from None
-    parsed = protocol.with_headers(protocol.parse(body), request.headers)
+    parsed = state.parsed_bodies.get((protocol.name, blake3(body).digest()), len(body), lambda: protocol.parse(body))
+    parsed = protocol.with_headers(parsed, request.headers)
     if parsed.question is not None and len(parsed.question) > state.settings.l2.max_question_chars:
         # a caller's input, not a backend failure: exact tier only, before any gRPC call
         state.metrics.exact_only.labels("question_too_long").inc()
@@ -437,60 +443,6 @@ async def metrics(request: web.Request) -> web.Response:
         if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
             return error_response(ErrorKind.UNAUTHORIZED, "metrics need the bearer token REFLEX_METRICS_TOKEN")
     return web.Response(body=state.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
-
-
-# ---------------------------------------------------------------------------- middlewares
-
-
-@web.middleware
-async def count_requests(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    counted = request.method == "POST" and request.path in request.app[STATE].cacheable_paths
-    try:
-        response = await handler(request)
-    except asyncio.CancelledError:
-        # Agents hang up as soon as they read a stream's end event, which cancels the handler
-        # (handler_cancellation) before it returns: count what it had already sent.
-        if counted:
-            status, code = request.get(SENT_STATUS, ("cancelled", 499))
-            request.app[STATE].metrics.requests.labels(status, str(code)).inc()
-        raise
-    if counted:
-        request.app[STATE].metrics.requests.labels(
-            response.headers.get("X-Reflex-Status", "error"), str(response.status)
-        ).inc()
-    return response
-
-
-@web.middleware
-async def bound_inflight(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    """Fail fast past REFLEX_MAX_INFLIGHT instead of queueing without bound.
-
-    The body is read first, within REFLEX_BODY_READ_TIMEOUT_SECS, and only then is a slot
-    taken: a client that sends its headers and then trickles (or never sends) the body must
-    not hold a slot, or a few hundred such sockets lock every other caller out.
-    """
-    if not request.path.startswith("/v1/"):
-        return await handler(request)
-    state = request.app[STATE]
-    if request.can_read_body:
-        try:
-            # aiohttp keeps what it read: the handler's own request.read() returns it.
-            # asyncio.timeout, not wait_for: no extra task per request on the hit path.
-            async with asyncio.timeout(state.settings.http.body_read_timeout_secs):
-                await request.read()
-        except TimeoutError:
-            request[BODY_READ_TIMED_OUT] = True
-            raise
-    if state.inflight >= state.settings.http.max_inflight:
-        return error_response(
-            ErrorKind.OVERLOADED, "the gateway is at its concurrency limit; retry shortly", headers={"Retry-After": "1"},
-            dialect=dialect_of(request.path),
-        )
-    state.inflight += 1
-    try:
-        return await handler(request)
-    finally:
-        state.inflight -= 1
 
 
 def add_routes(app: web.Application, protocols: tuple[ProtocolAdapter, ...]) -> None:

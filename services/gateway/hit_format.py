@@ -61,8 +61,8 @@ QUESTION_CUT_MARK = " [...] "
 
 
 
-@dataclass(frozen=True, slots=True)
-class HitAccounting:
+@dataclass(slots=True)
+class HitAccounting:  # not frozen: a frozen dataclass's __init__ costs every hit a microsecond
     format: ResponseFormat  # what was actually served
     tokens_saved: int  # prompt + completion tokens not paid to the provider
     format_delta: int  # tokens of the served content minus tokens of the raw content

@@ -75,11 +75,13 @@ def l1_key(tenant: str, protocol: str, canonical: bytes) -> str:
     return h.hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass
 class RequestKeys:
     """Everything the cascade needs to look a request up and to store its answer.
 
-    The context hash is computed on first use: an exact hit never needs it.
+    The context hash is computed on first use: an exact hit never needs it. Not frozen only
+    because a frozen dataclass's __init__ costs every request a few microseconds; nothing
+    assigns to it after construction.
     """
 
     tenant: str

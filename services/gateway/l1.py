@@ -19,6 +19,7 @@ tenant, so each write also records its ``L1Tags`` (tenant, model, context hash) 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -233,6 +234,9 @@ class RedisL1:
         self._ttl = ttl_secs
         self._retry_secs = retry_secs
         self._down_until = 0.0
+        # gets waiting for this loop turn's MGET, and the MGETs in flight (see get)
+        self._batch: list[tuple[str, asyncio.Future[bytes | None]]] = []
+        self._batches: set[asyncio.Task[None]] = set()
         self._client = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout_secs,
@@ -254,12 +258,44 @@ class RedisL1:
         return TierUnavailable(self.name, reason, type(exc).__name__)
 
     async def get(self, key: str) -> bytes | None:
+        """One key, fetched with every other get of the same event-loop turn in one MGET.
+
+        Under load, many requests reach their L1 lookup in one turn of the loop (each read
+        of the sockets starts several handlers). A GET each would cost each of them a
+        command of redis-py's (pool, retry wrapper, parser: 22% of an L1 hit's time, py-spy)
+        and a pooled connection of its own; one MGET per turn costs one. A lone request
+        waits for nothing: its batch of one is sent on the next turn of the loop.
+        """
         self._guard()
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._batch.append((self._PREFIX + key, future))
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_soon(self._send_batch)
+        return await future
+
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        task = asyncio.get_running_loop().create_task(self._mget(batch))
+        self._batches.add(task)  # a reference until done, as asyncio requires
+        task.add_done_callback(self._batches.discard)
+
+    async def _mget(self, batch: list[tuple[str, asyncio.Future[bytes | None]]]) -> None:
         try:
-            value = await self._client.get(self._PREFIX + key)
+            values = await self._client.mget([key for key, _ in batch])
         except (RedisError, OSError, TimeoutError) as exc:
-            raise self._failed(exc) from exc
-        return value if value is None else bytes(value)
+            failure = self._failed(exc)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(failure)
+            return
+        except BaseException as exc:  # cancelled at shutdown, or a bug: never leave a caller waiting
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(TierUnavailable(self.name, "error", type(exc).__name__))
+            raise
+        for (_, future), value in zip(batch, values, strict=True):
+            if not future.done():  # the caller may have left (cancelled) meanwhile
+                future.set_result(value if value is None else bytes(value))
 
     async def set(self, key: str, value: bytes, *, tags: L1Tags | None = None) -> None:
         self._guard()
@@ -337,6 +373,8 @@ class RedisL1:
         self._down_until = 0.0  # it answers again: stop skipping it before the pause ends
 
     async def close(self) -> None:
+        if self._batches:
+            await asyncio.gather(*self._batches, return_exceptions=True)
         await self._client.aclose()
 
 

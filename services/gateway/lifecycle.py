@@ -387,7 +387,9 @@ class Lifecycle:
         self.metrics = metrics
         self.location_url = settings.lifecycle.location
         self.last_activity = time.monotonic()
-        self.metrics.last_request.set(time.time())
+        # The gauge is computed when scraped: touch() runs twice per request, and a gauge set
+        # (a lock, and the wall clock) on each would be paid by every L1 hit.
+        self.metrics.last_request.set_function(lambda: time.time() - (time.monotonic() - self.last_activity))
         # set when the gateway should stop by itself (idle); the runner waits on it with the signals
         self.stop_requested = asyncio.Event()
         self.stop_reason: str | None = None
@@ -397,7 +399,6 @@ class Lifecycle:
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
-        self.metrics.last_request.set(time.time())
 
     def location(self, url: str | None = None) -> Location:
         url = url or self.location_url

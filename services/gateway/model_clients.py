@@ -168,13 +168,15 @@ class GrpcVerifier(_GrpcModelClient):
         return cls(target, on_timing=on_timing, check_timeout=settings.verifier_timeout_ms / 1000)
 
     async def score(
-        self, query: str, candidates: Sequence[str], cosines: Sequence[float] | None = None, *, timeout: float
+        self, query: str, candidates: Sequence[str], cosines: Sequence[float] | None = None, *, timeout: float,
+        min_score: float = 0.0,
     ) -> list[float]:
         if cosines is not None and len(cosines) != len(candidates):
             raise ValueError(f"{len(cosines)} cosines for {len(candidates)} candidates")
         try:
             reply = await self._stub.Score(
-                verifier_pb2.ScoreRequest(query=query, candidates=list(candidates), cosines=list(cosines or ())),
+                verifier_pb2.ScoreRequest(query=query, candidates=list(candidates), cosines=list(cosines or ()),
+                                          min_score=min_score),
                 timeout=timeout,
             )
         except grpc.aio.AioRpcError as exc:

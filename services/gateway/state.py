@@ -18,6 +18,8 @@ from reflex.settings import GatewaySettings
 from services.gateway.cascade import Cascade, SemanticTiers
 from services.gateway.l1 import L1Cache
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.protocols import ParsedRequest
+from services.gateway.repeats import ParseOnce
 from services.gateway.upstream import Upstream
 
 log = logging.getLogger("reflex.gateway")
@@ -33,6 +35,8 @@ class GatewayState:
     cacheable_paths: frozenset[str] = frozenset()
     inflight: int = 0
     draining: bool = False
+    # exact repeats' bodies, parsed once (repeats.py), by (protocol, blake3 of the body)
+    parsed_bodies: ParseOnce[ParsedRequest] = field(default_factory=ParseOnce)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -83,7 +83,7 @@ class CrossEncoderModel(PaddedRows):
                  "" if self.num_labels == 1 else "s", self.max_tokens, self.runtime.device, self.runtime.dtype_name)
         # The decision model beside the checkpoint (REFLEX_VERIFIER_DECISION): loaded and checked
         # against these weights here, so that a mismatch stops the service before SERVING.
-        self.decision, why = decision.resolve(path, settings.verifier_decision)
+        self.decision, why = decision.resolve(path, settings.verifier_decision, backend=self.runtime.backend)
         if self.decision is None:
             log.warning("verifier: no decision model: %s", why)
         else:

@@ -206,6 +206,26 @@ class DecisionModel:
         same = np.array([_normalised(c) == q for c in candidates], dtype=bool)
         return np.where(same, 1.0, p)
 
+    def upper_bounds(self, query: str, candidates: Sequence[str], cosines: Sequence[float]) -> np.ndarray:
+        """For each candidate, the highest probability ``score`` could give it whatever the
+        cross-encoder says: its logits range over [-LOGIT_CLIP, LOGIT_CLIP] (they are clipped
+        before use), and the regression is linear in them, so the maximum is at a corner of
+        that range. A candidate whose bound is below what the caller can use need not be run
+        through the cross-encoder at all (ScoreRequest.min_score)."""
+        if len(candidates) != len(cosines):
+            raise ValueError("decision model: one cosine per candidate is needed")
+        corners = [(a, b) for a in (-LOGIT_CLIP, LOGIT_CLIP)
+                   for b in ((-LOGIT_CLIP, LOGIT_CLIP) if self.needs_both_orders else (a,))]
+        rows = [pair_features(query, c, LOGIT_CLIP, s) for c, s in zip(candidates, cosines)]
+        best = np.full(len(rows), -np.inf)
+        for lq, lc in corners:
+            for row in rows:
+                row.update(ce_qc=lq, ce_mean=(lq + lc) / 2, ce_min=min(lq, lc))
+            best = np.maximum(best, self.probability_from_matrix(self.matrix(rows)))
+        q = _normalised(query)
+        same = np.array([_normalised(c) == q for c in candidates], dtype=bool)
+        return np.where(same, 1.0, best)  # an exact repeat scores 1 (see score)
+
     def choose(self, probabilities: Sequence[float]) -> int | None:
         """Cache mode: the index of the candidate to serve, or None for a miss, by the one
         rule the gateway and ``reflex eval`` also use (``reflex.decision_rule.choose``) at this
@@ -239,18 +259,28 @@ class DecisionModelMismatch(ValueError):
     checkpoint's logits) would mean something else, and its threshold would not hold."""
 
 
-def resolve(checkpoint_dir: Path, setting: str) -> tuple[DecisionModel | None, str]:
+def artifact_name(backend: str) -> str:
+    """The decision model fitted for ``backend``'s scores: ``decision.onnx-int8.json`` for
+    int8 (it moves logits and cosines), ``decision.json`` for the fp32 backends (torch and
+    onnx agree to 1e-5)."""
+    return ARTIFACT_NAME if backend in ("torch", "onnx") else f"decision.{backend}.json"
+
+
+def resolve(checkpoint_dir: Path, setting: str, backend: str = "torch") -> tuple[DecisionModel | None, str]:
     """The decision model the verifier serves with for ``checkpoint_dir``, and why.
 
-    ``setting`` is REFLEX_VERIFIER_DECISION: ``auto`` (decision.json next to the checkpoint,
-    if there is one; without one, None: the cross-encoder's probability is served), ``off``
-    (None) or the path of a decision.json. A model whose ``meta.cross_encoder_sha`` is not
-    the checkpoint's raises DecisionModelMismatch: the service refuses to start."""
+    ``setting`` is REFLEX_VERIFIER_DECISION: ``auto`` (next to the checkpoint, the one fitted
+    for ``backend`` if there is one (``artifact_name``), else decision.json; with neither,
+    None: the cross-encoder's probability is served), ``off`` (None) or the path of a
+    decision.json. A model whose ``meta.cross_encoder_sha`` is not the checkpoint's raises
+    DecisionModelMismatch: the service refuses to start."""
     value = setting.strip()
     if value.lower() == "off":
         return None, "REFLEX_VERIFIER_DECISION=off: the cross-encoder's probability is served"
     if value.lower() == "auto":
-        path = Path(checkpoint_dir) / ARTIFACT_NAME
+        path = Path(checkpoint_dir) / artifact_name(backend)
+        if not path.is_file():
+            path = Path(checkpoint_dir) / ARTIFACT_NAME
         if not path.is_file():
             return None, (f"no {ARTIFACT_NAME} next to the checkpoint {checkpoint_dir}: the cross-encoder's "
                           "probability is served (fit one with `python -m services.verifier.training.combiner fit "

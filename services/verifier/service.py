@@ -54,21 +54,36 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
             raise InvalidInput(f"{len(cosines)} cosines for {len(candidates)} candidates (send one per candidate, or none)")
         if not all(math.isfinite(c) for c in cosines):
             raise InvalidInput("cosines must be finite")
-        probs, timing = await self._server.require_batcher().submit([(query, c) for c in candidates])
+        if not math.isfinite(request.min_score):
+            raise InvalidInput("min_score must be finite")
         settings = self._server.settings
         # A wrapped backend (tests' GatedBackend) may have no decision attribute: none.
         model = getattr(self._server.require_backend(), "decision", None)
-        # Off the event loop: the decision model's features and the rules are regexes per pair,
-        # and the rules are another team's code and may do real work.
-        ruled = await asyncio.to_thread(_final_scores, model, query, candidates, [float(p) for p in probs],
-                                        cosines, settings.rules)
-        if len(ruled) != len(candidates):
-            raise RuntimeError(f"apply_rules returned {len(ruled)} scores for {len(candidates)} candidates")
-        return verifier_pb2.ScoreResponse(
-            scores=[min(1.0, max(0.0, float(s))) for s in ruled],
-            timing=verifier_pb2.Timing(queue_time_ns=timing.queue_ns, tokenize_time_ns=timing.tokenize_ns,
-                                       inference_time_ns=timing.inference_ns),
-        )
+        scores: list[float | None] = [None] * len(candidates)
+        if model is not None and cosines and request.min_score > 0:
+            # Candidates that cannot reach min_score, whatever the cross-encoder says, keep
+            # their upper bound and skip the model (ScoreRequest.min_score): in a populated
+            # cache most misses have such candidates, and the model is the whole cost.
+            bounds = await asyncio.to_thread(model.upper_bounds, query, candidates, _clamped(cosines))
+            for i, bound in enumerate(bounds):
+                if bound < request.min_score:
+                    scores[i] = float(bound)
+        kept = [i for i, s in enumerate(scores) if s is None]
+        timing = verifier_pb2.Timing()
+        if kept:
+            probs, took = await self._server.require_batcher().submit([(query, candidates[i]) for i in kept])
+            timing = verifier_pb2.Timing(queue_time_ns=took.queue_ns, tokenize_time_ns=took.tokenize_ns,
+                                         inference_time_ns=took.inference_ns)
+            # Off the event loop: the decision model's features and the rules are regexes per
+            # pair, and the rules are another team's code and may do real work.
+            ruled = await asyncio.to_thread(_final_scores, model, query, [candidates[i] for i in kept],
+                                            [float(p) for p in probs], [cosines[i] for i in kept] if cosines else [],
+                                            settings.rules)
+            if len(ruled) != len(kept):
+                raise RuntimeError(f"apply_rules returned {len(ruled)} scores for {len(kept)} candidates")
+            for i, s in zip(kept, ruled, strict=True):
+                scores[i] = s
+        return verifier_pb2.ScoreResponse(scores=[min(1.0, max(0.0, float(s or 0.0))) for s in scores], timing=timing)
 
     async def Info(self, request: verifier_pb2.InfoRequest, context: grpc.aio.ServicerContext
                    ) -> verifier_pb2.InfoResponse:
@@ -90,8 +105,11 @@ def _decide(model: DecisionModel, query: str, candidates: list[str], probs: list
     (back to logits: the model was fitted on logits) and the L2 cosines (clamped to [-1, 1]:
     float rounding can put a unit vector's cosine a hair above 1)."""
     logits = logit_from_probability(np.asarray(probs, dtype=np.float64))
-    clamped = [min(1.0, max(-1.0, float(c))) for c in cosines]
-    return [float(p) for p in model.score(query, candidates, logits.tolist(), clamped)]
+    return [float(p) for p in model.score(query, candidates, logits.tolist(), _clamped(cosines))]
+
+
+def _clamped(cosines: list[float]) -> list[float]:
+    return [min(1.0, max(-1.0, float(c))) for c in cosines]
 
 
 def _final_scores(model: DecisionModel | None, query: str, candidates: list[str], probs: list[float],

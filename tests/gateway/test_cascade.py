@@ -94,7 +94,7 @@ class ControlledVerifier:
         self.truncate = False
 
     async def score(self, query: str, candidates: Sequence[str], cosines: Sequence[float] | None = None, *,
-                    timeout: float) -> list[float]:
+                    timeout: float, min_score: float = 0.0) -> list[float]:
         self.calls.append((query, list(candidates)))
         self.cosines.append(None if cosines is None else list(cosines))
         if self.down:
@@ -486,7 +486,7 @@ async def test_a_stalled_verifier_costs_one_deadline_then_is_skipped_until_a_pro
         assert headers["X-Reflex-Status"] == "miss"
     assert len(verifier.calls) == calls_after_the_timeout
     failures = client.app[STATE].metrics.tier_failures
-    assert failures.labels("verifier", "circuit_open")._value.get() == 3
+    assert failures.labels("verifier", "circuit_open").value == 3
     verifier.stall = 0.0
     verifier.scores[(rewordings[5], QUESTION)] = 0.99
     await asyncio.sleep(max(0.0, failed_at + 0.7 - asyncio.get_running_loop().time()))
@@ -507,5 +507,5 @@ async def test_a_question_longer_than_the_models_read_skips_the_semantic_tiers(
         assert headers["X-Reflex-Status"] == expected
     assert embedder.calls == []
     metrics = client.app[STATE].metrics
-    assert metrics.exact_only.labels("question_too_long")._value.get() == 2
-    assert metrics.tier_failures.labels("embedder", "unavailable")._value.get() == 0
+    assert metrics.exact_only.labels("question_too_long").value == 2
+    assert metrics.tier_failures.labels("embedder", "unavailable").value == 0

@@ -130,3 +130,34 @@ def test_gateway_survives_redis_going_down_and_coming_back(
         metrics = http.get("/metrics").text
         assert 'reflex_gateway_tier_failures_total{component="redis"' in metrics
         http.close()
+
+
+async def test_redis_gets_of_one_loop_turn_go_as_one_mget(redis_server: RedisServer) -> None:
+    """Concurrent lookups share a round trip: one MGET per turn of the event loop, each caller
+    getting its own value (or None), and a lone get is not held back."""
+    redis_server.flushall()
+    cache = RedisL1(redis_server.url, ttl_secs=60, timeout_secs=0.5, retry_secs=0)
+    try:
+        for i in range(0, 20, 2):
+            await cache.set(f"k{i}", f"v{i}".encode())
+        client = redis_server.client()
+        client.config_resetstat()
+        values = await asyncio.gather(*(cache.get(f"k{i}") for i in range(20)))
+        assert values == [f"v{i}".encode() if i % 2 == 0 else None for i in range(20)]
+        stats = client.info("commandstats")
+        assert stats["cmdstat_mget"]["calls"] == 1 and "cmdstat_get" not in stats
+        assert await cache.get("k4") == b"v4"  # alone: a batch of one
+        assert client.info("commandstats")["cmdstat_mget"]["calls"] == 2
+    finally:
+        await cache.close()
+
+
+async def test_a_failed_mget_fails_every_get_of_its_batch() -> None:
+    cache = RedisL1("redis://127.0.0.1:1/0", ttl_secs=60, timeout_secs=0.2, retry_secs=30)
+    try:
+        results = await asyncio.gather(*(cache.get(f"k{i}") for i in range(5)), return_exceptions=True)
+        assert all(isinstance(r, TierUnavailable) and r.component == "redis" for r in results)
+        with pytest.raises(TierUnavailable, match="paused"):  # then the outage pause, as for a GET
+            await cache.get("k0")
+    finally:
+        await cache.close()

@@ -68,7 +68,7 @@ class TopicEmbedder:
 
 class TopicVerifier:
     async def score(self, query: str, candidates: Sequence[str], cosines: Sequence[float] | None = None, *,
-                    timeout: float) -> list[float]:
+                    timeout: float, min_score: float = 0.0) -> list[float]:
         return [0.99 if TOPICS.get(query, query) == TOPICS.get(c, c) else 0.01 for c in candidates]
 
     async def info(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -227,3 +228,66 @@ async def test_no_decision_model_when_switched_off_or_absent(model_loop: LoopThr
             assert list(with_cosines.scores) == pytest.approx(list(without.scores), abs=1e-6)
     finally:
         off.stop()
+
+
+async def test_candidates_that_cannot_reach_min_score_skip_the_model(model_loop: LoopThread,
+                                                                     tiny_with_decision: Path) -> None:
+    """ScoreRequest.min_score: a candidate whose upper bound (its cheap features, with the
+    cross-encoder's logit at its clip) is below it gets that bound, and never reaches the
+    model; the others get exactly the scores they get without min_score."""
+    running = run_verifier(model_loop, model_settings(reranker_path=tiny_with_decision))
+    c = GrpcVerifier(running.target)
+    batcher = running.server.require_batcher()
+    sent: list[int] = []
+    submit = batcher.submit
+
+    async def counting(items):  # type: ignore[no-untyped-def]
+        sent.append(len(items))
+        return await submit(items)
+
+    batcher.submit = counting  # type: ignore[method-assign]
+    try:
+        candidates = [CANDIDATES[i] for i in (0, 2, 3)]
+        cosines = [0.99, 0.05, 0.99]  # the middle one is far: no logit can lift it to 0.96
+        model = decision.DecisionModel.load(tiny_with_decision / "decision.json")
+        bounds = model.upper_bounds(QUERY, candidates, cosines)
+        assert bounds[1] < 0.96 <= min(bounds[0], bounds[2])
+        full = await c.score(QUERY, candidates, cosines, timeout=60)
+        pruned = await c.score(QUERY, candidates, cosines, timeout=60, min_score=0.96)
+        assert sent == [3, 2]  # the far candidate never reached the model
+        assert [pruned[0], pruned[2]] == pytest.approx([full[0], full[2]], abs=1e-6)
+        assert pruned[1] == pytest.approx(float(bounds[1]), abs=1e-6)
+        assert full[1] <= pruned[1] < 0.96
+        # Nothing can reach it: no model call at all, every score its bound.
+        none = await c.score(QUERY, candidates, [0.05] * 3, timeout=60, min_score=0.96)
+        assert sent == [3, 2] and max(none) < 0.96
+        # min_score without cosines (no decision features) scores everything.
+        await c.score(QUERY, candidates, timeout=60, min_score=0.96)
+        assert sent == [3, 2, 3]
+    finally:
+        batcher.submit = submit  # type: ignore[method-assign]
+        await c.close()
+        running.stop()
+
+
+def test_upper_bounds_hold_for_every_logit() -> None:
+    model = decision.DecisionModel.load(default_model_path() / "decision.json")
+    query, candidates = "How do I sort a list in Python?", ["How do I sort a list in Rust?", "Sort a Python list",
+                                                           "How do I  sort a list\tin Python? "]
+    cosines = [0.7, 0.4, 0.99]
+    bounds = model.upper_bounds(query, candidates, cosines)
+    for logit in np.linspace(-2 * decision.LOGIT_CLIP, 2 * decision.LOGIT_CLIP, 41):
+        scores = model.score(query, candidates, [float(logit)] * 3, cosines)
+        assert np.all(scores <= bounds + 1e-12)
+    assert bounds[2] == 1.0  # the same text up to whitespace
+
+
+def test_the_decision_model_fitted_for_the_backend_is_preferred(tmp_path: Path, tiny_cross_encoder_dir: Path) -> None:
+    model_dir = tmp_path / "with-int8"
+    shutil.copytree(tiny_cross_encoder_dir, model_dir)
+    artifact = _decision_artifact(decision.checkpoint_sha(model_dir))
+    (model_dir / "decision.json").write_text(json.dumps(artifact))
+    (model_dir / "decision.onnx-int8.json").write_text(json.dumps({**artifact, "threshold": 0.9}))
+    assert decision.resolve(model_dir, "auto", backend="onnx-int8")[0].threshold == 0.9
+    for backend in ("torch", "onnx", "torch-int8"):  # fp32 scores, or no artifact of its own: decision.json
+        assert decision.resolve(model_dir, "auto", backend=backend)[0].threshold == pytest.approx(0.96)

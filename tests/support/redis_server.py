@@ -91,6 +91,10 @@ class RedisServer:
         with redis.Redis(host="127.0.0.1", port=self.port) as client:
             client.flushall()
 
+    def client(self) -> redis.Redis:
+        """A synchronous client, for checks the backend under test does not offer (INFO)."""
+        return redis.Redis(host="127.0.0.1", port=self.port)
+
     def keys(self) -> list[bytes]:
         with redis.Redis(host="127.0.0.1", port=self.port) as client:
             return list(client.keys("*"))

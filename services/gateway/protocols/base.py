@@ -50,9 +50,11 @@ class UpstreamName(StrEnum):
     ANTHROPIC = "anthropic"  # REFLEX_ANTHROPIC_UPSTREAM_URL: Messages
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class ParsedRequest:
-    """A request in the neutral form the cache works with.
+    """A request in the neutral form the cache works with. Treated as immutable (exact
+    repeats share one, see repeats.py); not frozen only because a frozen dataclass's __init__
+    costs every request microseconds.
 
     Not slotted: ``context`` is a cached property, built only when the semantic tiers need it
     (an exact hit never does, and on a 77 KB agent request it is half the parsing time).

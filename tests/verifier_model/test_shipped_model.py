@@ -119,6 +119,16 @@ def test_the_decision_model_is_fitted_for_the_shipped_checkpoint():
     assert model.meta["command"].startswith("python -m services.verifier.training.combiner fit")
 
 
+def test_the_int8_decision_model_is_fitted_for_the_checkpoint_on_int8_scores():
+    """int8 moves the cross-encoder's logits and the embedder's cosines: the onnx-int8 backend
+    serves its own artifact, fitted on what that backend computes, at the same threshold."""
+    model = DecisionModel.load(MODEL_DIR / "decision.onnx-int8.json")
+    assert model.meta["cross_encoder_sha"] == checkpoint_sha(MODEL_DIR)
+    assert model.meta["backend"] == "onnx-int8"
+    assert "--backend onnx-int8" in model.meta["command"] and "--threshold-reads 0.96" in model.meta["command"]
+    assert model.threshold == SHIPPED_THRESHOLD and model.margin == SHIPPED_MARGIN
+
+
 @pytest.mark.parametrize(("a", "b"), MISSES)
 def test_seed_examples_are_misses_for_the_model_alone(score, threshold, a, b):
     assert score(a, b) < threshold

@@ -88,24 +88,36 @@ class ComponentHealth:
     failed is skipped for ``retry_secs`` (its calls become plain misses at once, instead of each
     paying the full deadline); then one call goes through as a probe, and if it fails the pause
     starts again. A success, the probe's or a readiness check's, closes the breaker. One failure
-    alone does not open it: with several replicas behind one target, a replica killed mid-call
-    fails only its own calls while round_robin routes the next ones to the others.
+    alone does not open it, and neither do the calls that were in flight when it happened: with
+    several replicas behind one target, a replica killed with calls on it fails only those calls
+    (one event, however many they are) while round_robin routes the next ones to the others.
     """
 
     def __init__(self, retry_secs: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._failing: dict[str, str] = {}
         self._in_a_row: dict[str, int] = {}
+        self._last_failure: dict[str, float] = {}
         self._retry_at: dict[str, float] = {}
         self._retry_secs = retry_secs
         self._clock = clock
 
-    def failed(self, component: str, reason: str, detail: str) -> None:
+    def now(self) -> float:
+        return self._clock()
+
+    def failed(self, component: str, reason: str, detail: str, started_at: float | None = None) -> None:
+        """A call to ``component`` failed; ``started_at`` (``now()`` when it began) tells the
+        calls that were already in flight at the previous failure: those died of the same
+        event (a replica killed with several calls on it) and do not add to the streak."""
         if component not in self._failing:
             log.warning("%s unavailable (%s: %s); falling back to misses until it returns", component, reason, detail)
         self._failing[component] = reason
-        self._in_a_row[component] = self._in_a_row.get(component, 0) + 1
-        if self._retry_secs > 0 and self._in_a_row[component] >= BREAKER_FAILURES:
-            self._retry_at[component] = self._clock() + self._retry_secs
+        now = self._clock()
+        last = self._last_failure.get(component)
+        self._last_failure[component] = now
+        if started_at is None or last is None or started_at >= last:
+            self._in_a_row[component] = self._in_a_row.get(component, 0) + 1
+        if self._retry_secs > 0 and self._in_a_row.get(component, 0) >= BREAKER_FAILURES:
+            self._retry_at[component] = now + self._retry_secs
 
     def ok(self, component: str) -> None:
         self._in_a_row.pop(component, None)
@@ -166,7 +178,7 @@ class Cascade:
             # L1 has its own backoff (REFLEX_REDIS_RETRY_SECS); the semantic tiers this breaker
             self.metrics.tier_failures.labels(component, "circuit_open").inc()
             return None
-        started = time.perf_counter()
+        started, began = time.perf_counter(), self.health.now()
         try:
             if deadline is None:
                 # L1: its clients bound their own calls; no Timeout object on the hit path
@@ -179,14 +191,14 @@ class Cascade:
                     raise TierUnavailable(component, "timeout", f"no answer within {deadline:.3f} s") from None
         except TierUnavailable as exc:
             self.metrics.tier_failures.labels(exc.component, exc.reason).inc()
-            self.health.failed(exc.component, exc.reason, str(exc))
+            self.health.failed(exc.component, exc.reason, str(exc), started_at=began)
             return None
         except Exception as exc:  # noqa: BLE001
             # A bug or an unexpected client error in a tier must not fail the request: the
             # upstream can still answer it. Logged with its traceback, counted, then a miss.
             log.exception("%s failed unexpectedly", component)
             self.metrics.tier_failures.labels(component, "error").inc()
-            self.health.failed(component, "error", type(exc).__name__)
+            self.health.failed(component, "error", type(exc).__name__, started_at=began)
             return None
         finally:
             if stage is not None:

@@ -25,6 +25,7 @@ from blake3 import blake3
 
 from reflex.settings import GatewaySettings
 from services.gateway.app import create_app
+from services.gateway.cascade import ComponentHealth
 from reflex.entry import CachedEntry
 from services.gateway.keys import RequestKeys, tenant_id
 from services.gateway.l2 import open_l2_store
@@ -509,3 +510,23 @@ async def test_a_question_longer_than_the_models_read_skips_the_semantic_tiers(
     metrics = client.app[STATE].metrics
     assert metrics.exact_only.labels("question_too_long").value == 2
     assert metrics.tier_failures.labels("embedder", "unavailable").value == 0
+
+
+def test_calls_in_flight_at_a_failure_do_not_open_the_breaker() -> None:
+    """A replica killed with several calls on it fails them all at once: one event, not a
+    streak (round_robin sends the next calls to the other replicas). Calls begun after a
+    failure that fail too do open it."""
+    now = [100.0]
+    health = ComponentHealth(retry_secs=5.0, clock=lambda: now[0])
+    began = health.now()
+    now[0] += 0.01
+    for _ in range(4):  # all four were in flight when the first failed
+        health.failed("embedder", "unavailable", "replica gone", started_at=began)
+    assert not health.skipping("embedder")
+    health.ok("embedder")
+    now[0] += 0.01
+    for _ in range(2):  # two calls, each begun after the previous failure
+        began = health.now()
+        now[0] += 0.01
+        health.failed("embedder", "unavailable", "down", started_at=began)
+    assert health.skipping("embedder")

@@ -83,8 +83,14 @@ class _LoopMetric:
     def _items(self) -> list[tuple[list[str], object]]:
         return [([str(v) for v in values], series) for values, series in list(self._series.items())]
 
+    def _families(self, items: list[tuple[list[str], object]]) -> Iterator[Metric]:
+        raise NotImplementedError
+
     def describe(self) -> Iterator[Metric]:
         return self._families([])
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self._items())
 
 
 class Counter(_LoopMetric):
@@ -97,9 +103,6 @@ class Counter(_LoopMetric):
 
     def inc(self, amount: float = 1.0) -> None:
         self.labels().inc(amount)
-
-    def collect(self) -> Iterator[Metric]:
-        return self._families(self._items())
 
     def _families(self, items: list[tuple[list[str], object]]) -> Iterator[Metric]:
         family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
@@ -120,9 +123,6 @@ class Histogram(_LoopMetric):
 
     def observe(self, value: float) -> None:
         self.labels().observe(value)
-
-    def collect(self) -> Iterator[Metric]:
-        return self._families(self._items())
 
     def _families(self, items: list[tuple[list[str], object]]) -> Iterator[Metric]:
         family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)

@@ -351,11 +351,21 @@ class VerifierDecisionSettings(SettingsGroup):
         "cross-encoder logit, the L2 cosine, lexical overlap and the rule flags, Platt-calibrated), so 0.96 "
         "reads as a 96% chance of the same question. 0.96 is the lowest that keeps the validation traps (the "
         "hand-written devset's validation part and generated pairs, never QQP's noisy labels) at <=1% false "
-        "hits. Measured by `reflex eval` on data never trained on: devset test 41% of paraphrases served at "
+        "hits. Measured by `reflex eval` on data never trained on: devset test 43% of paraphrases served at "
         "0% of traps (the cross-encoder alone at its old 0.92: 30% / 1.2%), cache-mode precision there "
-        "98.8% (before: 93.5%; cosine top-1 at the same hits: 58%), fow-cache 21% / 0.7% (before: 22% / "
-        "0.7%), QQP validation 22% / 1.7% (before: 12% / 0.6%) (MODEL_CARD.md). With a checkpoint that has "
+        "98.8% (before: 95.1%; cosine top-1 at the same hits: 58%), fow-cache 22% / 1.0% (before: 22% / "
+        "0.7%), QQP validation 24% / 2.0% (before: 12% / 0.6%) (README, Correctness). With a checkpoint that has "
         "no decision model the score is the cross-encoder's own probability, for which 0.92 was the pick.",
+    )
+    candidates: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="How many of L2's candidates, nearest first, the verifier scores (at most REFLEX_L2_TOP_K). "
+        "1 verifies cosine's own first choice: on `reflex eval`'s cache mode that served the same devset "
+        "paraphrases as scoring 5 and re-ranking them, with fewer wrong entries (fow-cache precision 96.9% "
+        "against 94.9%), and a lookup scores one pair instead of five. More lets the verifier pick among near "
+        "entries, where REFLEX_RERANKER_MARGIN then applies.",
     )
     margin: float = Field(
         0.0,

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="reflex eval",
         description="Measure the cache's hit rate on duplicates, false-hit rate on non-duplicates and "
         "precision of hits, through the real embedder, verifier and L2 store with the configured "
-        "thresholds (REFLEX_L2_TOP_K, REFLEX_L2_MIN_SIMILARITY, REFLEX_RERANKER_THRESHOLD). "
+        "thresholds (REFLEX_L2_TOP_K, REFLEX_L2_MIN_SIMILARITY, REFLEX_RERANKER_CANDIDATES, REFLEX_RERANKER_THRESHOLD). "
         "The embedder and verifier start in-process unless REFLEX_EMBEDDER_URL / REFLEX_VERIFIER_URL "
         "are set; L2 is a throwaway Qdrant Edge shard in a temporary directory.",
         epilog="Definitions: " + DEFINITIONS,
@@ -184,6 +184,7 @@ async def measure(pairs: list[Pair], args: argparse.Namespace, settings: EvalSet
         progress=not (args.json or args.no_progress) and sys.stderr.isatty(),
         threshold=args.threshold if args.threshold is not None else settings.verifier.threshold,
         margin=settings.verifier.margin,
+        verified=settings.verifier.candidates,
     )
     async with open_tiers(
         settings, verifier=args.verifier == "service", l2=mode is Mode.CACHE, call_timeout_secs=args.timeout
@@ -239,6 +240,7 @@ def build_result(pairs: list[Pair], measured: Measured, args: argparse.Namespace
         "threshold": threshold,
         "threshold_source": source,
         "l2_top_k": settings.l2.top_k,
+        "verified_candidates": settings.verifier.candidates,
         "l2_min_similarity": settings.l2.min_similarity,
         **scorer_block(primary, threshold, targets, categories),
     }

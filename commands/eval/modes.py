@@ -52,6 +52,7 @@ class Knobs:
     # (REFLEX_RERANKER_THRESHOLD or --threshold) and margin (REFLEX_RERANKER_MARGIN).
     threshold: float = 0.96
     margin: float = 0.0
+    verified: int = 1  # REFLEX_RERANKER_CANDIDATES: how many of the top_k the verifier scores
 
 
 @dataclass(slots=True)
@@ -241,7 +242,8 @@ async def run_cache(
             )
 
         found = await map_bounded(search, queries, concurrency=knobs.concurrency, on_done=lambda *_: bar.update())
-    candidates = dict(zip(queries, found, strict=True))
+    # The gateway's shortlist: the verifier sees only the nearest REFLEX_RERANKER_CANDIDATES.
+    candidates = {q: decision_rule.shortlist(f, knobs.verified) for q, f in zip(queries, found, strict=True)}
     timings["search"] = time.perf_counter() - started
 
     duplicate = [p.duplicate for p in pairs]

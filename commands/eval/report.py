@@ -72,7 +72,8 @@ def render_text(result: dict[str, Any]) -> str:
     model_text = ", ".join(f"{k} {v.get('model_name', '?')}" for k, v in models.items())
     lines.append(
         f"scorer: {scorer} ({model_text}); threshold {result['threshold']:.3f} from {result['threshold_source']}; "
-        f"L2 floor {result['l2_min_similarity']:.2f}, top-k {result['l2_top_k']}"
+        f"L2 floor {result['l2_min_similarity']:.2f}, top-k {result['l2_top_k']}, verified "
+        f"{result['verified_candidates']}"
     )
     if result["mode"] == "cache":
         lines.append(

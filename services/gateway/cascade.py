@@ -246,7 +246,8 @@ class Cascade:
         )
         if not candidates:
             return Lookup(CacheStatus.MISS, vector=vector)
-        candidates = candidates[: self.settings.l2.top_k]
+        # Only the nearest few are verified (REFLEX_RERANKER_CANDIDATES; decision_rule.shortlist).
+        candidates = decision_rule.shortlist(candidates[: self.settings.l2.top_k], self.settings.verifier.candidates)
         scores = await self._call(
             "verifier",
             "verify",

@@ -182,6 +182,22 @@ class DecisionModel:
         """Whether the cross-encoder must also score (candidate, query)."""
         return any(f in ("ce_mean", "ce_min") for f in self.features)
 
+    def prepare(self, query: str, candidates: Sequence[str], cosines: Sequence[float]) -> PreparedPairs:
+        """The half of the decision that needs only the texts and the cosines (the regexes of the
+        overlap and rule features: the costly part), computed once per Score call; both
+        ``PreparedPairs.upper_bounds`` and ``PreparedPairs.probabilities`` then only do arithmetic."""
+        if len(candidates) != len(cosines):
+            raise ValueError("decision model: one cosine per candidate is needed")
+        rows = [pair_features(query, c, 0.0, s) for c, s in zip(candidates, cosines)]
+        # The same text (up to whitespace) is the same question by definition. The regression
+        # never saw such pairs, and extrapolates them below the threshold (the cross-encoder
+        # gives exact repeats only 0.85-0.95 and the overlap features weigh against full
+        # overlap: 0.85-0.92 measured), which would turn an L1 miss of an exact repeat (after
+        # a restart, or an eviction) into an L3 miss too.
+        q = _normalised(query)
+        same = np.array([_normalised(c) == q for c in candidates], dtype=bool)
+        return PreparedPairs(self, rows, same)
+
     def score(self, query: str, candidates: Sequence[str], ce_qc: Sequence[float], cosines: Sequence[float],
               ce_cq: Sequence[float] | None = None) -> np.ndarray:
         """Calibrated P(same question) for each candidate of one query.
@@ -192,39 +208,12 @@ class DecisionModel:
         when ``needs_both_orders``."""
         if not (len(candidates) == len(ce_qc) == len(cosines)) or (ce_cq is not None and len(ce_cq) != len(ce_qc)):
             raise ValueError("decision model: one logit and one cosine per candidate are needed")
-        if ce_cq is None and self.needs_both_orders:
-            raise ValueError("decision model: this artifact uses both cross-encoder orders; pass ce_cq")
-        other = ce_cq if ce_cq is not None else [None] * len(candidates)
-        rows = [pair_features(query, c, a, s, b) for c, a, s, b in zip(candidates, ce_qc, cosines, other)]
-        p = self.probability_from_matrix(self.matrix(rows))
-        # The same text (up to whitespace) is the same question by definition. The regression
-        # never saw such pairs, and extrapolates them below the threshold (the cross-encoder
-        # gives exact repeats only 0.85-0.95 and the overlap features weigh against full
-        # overlap: 0.85-0.92 measured), which would turn an L1 miss of an exact repeat (after
-        # a restart, or an eviction) into an L3 miss too.
-        q = _normalised(query)
-        same = np.array([_normalised(c) == q for c in candidates], dtype=bool)
-        return np.where(same, 1.0, p)
+        return self.prepare(query, candidates, cosines).probabilities(ce_qc, ce_cq)
 
     def upper_bounds(self, query: str, candidates: Sequence[str], cosines: Sequence[float]) -> np.ndarray:
         """For each candidate, the highest probability ``score`` could give it whatever the
-        cross-encoder says: its logits range over [-LOGIT_CLIP, LOGIT_CLIP] (they are clipped
-        before use), and the regression is linear in them, so the maximum is at a corner of
-        that range. A candidate whose bound is below what the caller can use need not be run
-        through the cross-encoder at all (ScoreRequest.min_score)."""
-        if len(candidates) != len(cosines):
-            raise ValueError("decision model: one cosine per candidate is needed")
-        corners = [(a, b) for a in (-LOGIT_CLIP, LOGIT_CLIP)
-                   for b in ((-LOGIT_CLIP, LOGIT_CLIP) if self.needs_both_orders else (a,))]
-        rows = [pair_features(query, c, LOGIT_CLIP, s) for c, s in zip(candidates, cosines)]
-        best = np.full(len(rows), -np.inf)
-        for lq, lc in corners:
-            for row in rows:
-                row.update(ce_qc=lq, ce_mean=(lq + lc) / 2, ce_min=min(lq, lc))
-            best = np.maximum(best, self.probability_from_matrix(self.matrix(rows)))
-        q = _normalised(query)
-        same = np.array([_normalised(c) == q for c in candidates], dtype=bool)
-        return np.where(same, 1.0, best)  # an exact repeat scores 1 (see score)
+        cross-encoder says (see ``PreparedPairs.upper_bounds``)."""
+        return self.prepare(query, candidates, cosines).upper_bounds()
 
     def choose(self, probabilities: Sequence[float]) -> int | None:
         """Cache mode: the index of the candidate to serve, or None for a miss, by the one
@@ -237,6 +226,49 @@ class DecisionModel:
         return (f"{self.meta.get('name', ARTIFACT_NAME)}: logistic regression over {len(self.features)} features "
                 f"({', '.join(self.features)}), Platt-calibrated, for cross-encoder "
                 f"{self.meta.get('cross_encoder_sha', '?')}")
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedPairs:
+    """One query's candidates with their text features computed (``DecisionModel.prepare``)."""
+
+    model: DecisionModel
+    rows: list[dict[str, float]]
+    same: np.ndarray  # exact repeats (up to whitespace): always 1
+
+    def subset(self, kept: Sequence[int]) -> PreparedPairs:
+        return PreparedPairs(self.model, [self.rows[i] for i in kept], self.same[list(kept)])
+
+    def _with_logits(self, ce_qc: Sequence[float], ce_cq: Sequence[float] | None) -> np.ndarray:
+        other = ce_cq if ce_cq is not None else [None] * len(self.rows)
+        rows = []
+        for row, a, b in zip(self.rows, ce_qc, other, strict=True):
+            lq = float(np.clip(a, -LOGIT_CLIP, LOGIT_CLIP))
+            lc = lq if b is None else float(np.clip(b, -LOGIT_CLIP, LOGIT_CLIP))
+            rows.append({**row, "ce_qc": lq, "ce_mean": (lq + lc) / 2, "ce_min": min(lq, lc)})
+        return self.model.probability_from_matrix(self.model.matrix(rows))
+
+    def probabilities(self, ce_qc: Sequence[float], ce_cq: Sequence[float] | None = None) -> np.ndarray:
+        """Calibrated P(same question) per candidate, from the cross-encoder logits (see
+        ``DecisionModel.score``)."""
+        if len(ce_qc) != len(self.rows) or (ce_cq is not None and len(ce_cq) != len(ce_qc)):
+            raise ValueError("decision model: one logit per candidate is needed")
+        if ce_cq is None and self.model.needs_both_orders:
+            raise ValueError("decision model: this artifact uses both cross-encoder orders; pass ce_cq")
+        return np.where(self.same, 1.0, self._with_logits(ce_qc, ce_cq))
+
+    def upper_bounds(self) -> np.ndarray:
+        """For each candidate, the highest probability ``probabilities`` could give it whatever
+        the cross-encoder says: its logits range over [-LOGIT_CLIP, LOGIT_CLIP] (they are clipped
+        before use), and the regression is linear in them, so the maximum is at a corner of
+        that range. A candidate whose bound is below what the caller can use need not be run
+        through the cross-encoder at all (ScoreRequest.min_score)."""
+        corners = [(a, b) for a in (-LOGIT_CLIP, LOGIT_CLIP)
+                   for b in ((-LOGIT_CLIP, LOGIT_CLIP) if self.model.needs_both_orders else (a,))]
+        best = np.full(len(self.rows), -np.inf)
+        for lq, lc in corners:
+            best = np.maximum(best, self._with_logits([lq] * len(self.rows), [lc] * len(self.rows)))
+        return np.where(self.same, 1.0, best)  # an exact repeat scores 1
 
 
 # ---------------------------------------------------------------------- the service's choice

@@ -24,13 +24,12 @@ import math
 import grpc
 import numpy as np
 
-from reflex.settings import RuleSettings
 from reflex.verifier.v1 import verifier_pb2, verifier_pb2_grpc
 from services.model_server.errors import InvalidInput
 from services.model_server.grpc_server import ModelServer, ServiceSpec
 from services.verifier import rules
 from services.verifier.cross_encoder import CrossEncoderModel, load_cross_encoder
-from services.verifier.decision import DecisionModel, logit_from_probability
+from services.verifier.decision import DecisionModel, PreparedPairs, logit_from_probability
 
 GRPC_SERVICE = verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name
 DEFAULT_PORT = 50052
@@ -59,15 +58,17 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         settings = self._server.settings
         # A wrapped backend (tests' GatedBackend) may have no decision attribute: none.
         model = getattr(self._server.require_backend(), "decision", None)
+        prepared = None
+        if model is not None and cosines:
+            prepared = await _prepare(model, query, candidates, _clamped(cosines))
         scores: list[float | None] = [None] * len(candidates)
-        if model is not None and cosines and request.min_score > 0:
+        if prepared is not None and request.min_score > 0:
             # Candidates that cannot reach min_score, whatever the cross-encoder says, keep
             # their upper bound and skip the model (ScoreRequest.min_score). With the shipped
             # decision model that takes a cosine under about 0.45 (below the default L2 floor),
-            # so it saves work mostly where the floor is lowered; the bounds cost one thread
-            # hop and the features' regexes, small next to a forward pass.
-            bounds = await asyncio.to_thread(model.upper_bounds, query, candidates, _clamped(cosines))
-            for i, bound in enumerate(bounds):
+            # so it saves work mostly where the floor is lowered; the bound is arithmetic on
+            # the features the decision needs anyway.
+            for i, bound in enumerate(prepared.upper_bounds()):
                 if bound < request.min_score:
                     scores[i] = float(bound)
         kept = [i for i, s in enumerate(scores) if s is None]
@@ -76,14 +77,20 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
             probs, took = await self._server.require_batcher().submit([(query, candidates[i]) for i in kept])
             timing = verifier_pb2.Timing(queue_time_ns=took.queue_ns, tokenize_time_ns=took.tokenize_ns,
                                          inference_time_ns=took.inference_ns)
-            # Off the event loop: the decision model's features and the rules are regexes per
-            # pair, and the rules are another team's code and may do real work.
-            ruled = await asyncio.to_thread(_final_scores, model, query, [candidates[i] for i in kept],
-                                            [float(p) for p in probs], [cosines[i] for i in kept] if cosines else [],
-                                            settings.rules)
-            if len(ruled) != len(kept):
-                raise RuntimeError(f"apply_rules returned {len(ruled)} scores for {len(kept)} candidates")
-            for i, s in zip(kept, ruled, strict=True):
+            decided = [float(p) for p in probs]
+            if prepared is not None:
+                # The decision model's calibrated probabilities from the cross-encoder's (back to
+                # logits: the model was fitted on logits): a dot product per pair.
+                logits = logit_from_probability(np.asarray(decided, dtype=np.float64)).tolist()
+                decided = [float(p) for p in prepared.subset(kept).probabilities(logits)]
+            if rules.enabled_rules(settings.rules):
+                # Off the event loop: the rules are another team's code and may do real work.
+                # rules.apply_rules looked up at call time (tests replace it).
+                decided = await asyncio.to_thread(rules.apply_rules, query, [candidates[i] for i in kept], decided,
+                                                  settings.rules)
+            if len(decided) != len(kept):
+                raise RuntimeError(f"apply_rules returned {len(decided)} scores for {len(kept)} candidates")
+            for i, s in zip(kept, decided, strict=True):
                 scores[i] = s
         return verifier_pb2.ScoreResponse(scores=[min(1.0, max(0.0, float(s or 0.0))) for s in scores], timing=timing)
 
@@ -101,24 +108,21 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         )
 
 
-def _decide(model: DecisionModel, query: str, candidates: list[str], probs: list[float],
-            cosines: list[float]) -> list[float]:
-    """The decision model's calibrated probabilities from the cross-encoder's probabilities
-    (back to logits: the model was fitted on logits) and the L2 cosines (clamped to [-1, 1]:
-    float rounding can put a unit vector's cosine a hair above 1)."""
-    logits = logit_from_probability(np.asarray(probs, dtype=np.float64))
-    return [float(p) for p in model.score(query, candidates, logits.tolist(), _clamped(cosines))]
+# Texts up to this size get their decision features on the event loop: a short pair's regexes
+# take about 70 us, less than the hop to a worker thread (about 160 us at idle, more under load).
+# Longer texts (a question may be 16 KiB) go to a thread, so one call never holds the loop.
+_INLINE_FEATURE_CHARS = 2048
+
+
+async def _prepare(model: DecisionModel, query: str, candidates: list[str], cosines: list[float]) -> PreparedPairs:
+    if len(query) + sum(len(c) for c in candidates) <= _INLINE_FEATURE_CHARS:
+        return model.prepare(query, candidates, cosines)
+    return await asyncio.to_thread(model.prepare, query, candidates, cosines)
 
 
 def _clamped(cosines: list[float]) -> list[float]:
+    """Cosines clamped to [-1, 1]: float rounding can put a unit vector's cosine a hair above 1."""
     return [min(1.0, max(-1.0, float(c))) for c in cosines]
-
-
-def _final_scores(model: DecisionModel | None, query: str, candidates: list[str], probs: list[float],
-                  cosines: list[float], rule_settings: RuleSettings) -> list[float]:
-    scores = _decide(model, query, candidates, probs, cosines) if model is not None and cosines else probs
-    # rules.apply_rules looked up at call time (tests replace it).
-    return rules.apply_rules(query, candidates, scores, rule_settings)
 
 
 def _register(server: grpc.aio.Server, model_server: ModelServer[CrossEncoderModel]) -> None:

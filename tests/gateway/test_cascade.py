@@ -270,7 +270,8 @@ async def test_threshold_boundary(
 async def test_best_verified_candidate_wins_not_the_nearest(
     make_client: Callable[..., Any], embedder: ControlledEmbedder, verifier: ControlledVerifier
 ) -> None:
-    client = await make_client(l2_min_similarity=-1.0)  # let every stored question through L2
+    # With REFLEX_RERANKER_CANDIDATES above 1 the verifier picks among the near entries.
+    client = await make_client(l2_min_similarity=-1.0, reranker_candidates=5)  # every stored question through L2
     other = "Center a div with CSS grid?"
     embedder.topics[other] = "css"
     await chat(client, QUESTION)
@@ -283,11 +284,31 @@ async def test_best_verified_candidate_wins_not_the_nearest(
     assert sorted(verifier.calls[-1][1]) == sorted([QUESTION, other])
 
 
+async def test_by_default_only_the_nearest_candidate_is_verified(
+    make_client: Callable[..., Any], embedder: ControlledEmbedder, verifier: ControlledVerifier
+) -> None:
+    # The default (REFLEX_RERANKER_CANDIDATES=1) verifies cosine's own first choice and never
+    # re-ranks: a farther entry the verifier would like better is not even scored, and when the
+    # nearest one fails, the lookup is a miss.
+    client = await make_client(l2_min_similarity=-1.0)
+    other = "Center a div with CSS grid?"
+    embedder.topics[other] = "css"
+    await chat(client, QUESTION)
+    await chat(client, other)
+    verifier.scores[(PARAPHRASE, QUESTION)] = 0.2
+    verifier.scores[(PARAPHRASE, other)] = 0.99
+    _, headers, body = await chat(client, PARAPHRASE)
+    assert headers["X-Reflex-Status"] == "miss"
+    (query, candidates), cosines = verifier.calls[-1], verifier.cosines[-1]
+    assert query == PARAPHRASE and candidates == [QUESTION] and cosines is not None and len(cosines) == 1
+    assert body["choices"][0]["message"]["content"] == f"Answer #3 to: {PARAPHRASE}"
+
+
 async def test_the_verifier_gets_each_candidates_l2_cosine(
     make_client: Callable[..., Any], embedder: ControlledEmbedder, verifier: ControlledVerifier
 ) -> None:
     # The decision model behind Score reads the cosine L2 found each candidate by.
-    client = await make_client(l2_min_similarity=-1.0)
+    client = await make_client(l2_min_similarity=-1.0, reranker_candidates=5)
     other = "Center a div with CSS grid?"
     embedder.topics[other] = "css"
     await chat(client, QUESTION)
@@ -309,7 +330,7 @@ async def test_a_runner_up_within_the_margin_refuses_the_hit(
 ) -> None:
     # Two stored questions both pass, 0.05 apart: with REFLEX_RERANKER_MARGIN 0.1 the query
     # sits between two entries, and the cascade refuses rather than guess (reflex/decision_rule.py).
-    client = await make_client(l2_min_similarity=-1.0, reranker_margin=margin)
+    client = await make_client(l2_min_similarity=-1.0, reranker_margin=margin, reranker_candidates=5)
     other = "Center a div with CSS grid?"
     embedder.topics[other] = "css"
     await chat(client, QUESTION)
@@ -489,7 +510,8 @@ async def test_a_stalled_verifier_costs_one_deadline_then_is_skipped_until_a_pro
     failures = client.app[STATE].metrics.tier_failures
     assert failures.labels("verifier", "circuit_open").value == 3
     verifier.stall = 0.0
-    verifier.scores[(rewordings[5], QUESTION)] = 0.99
+    # the misses above were stored on the same topic too, so the nearest entry may be any of them
+    verifier.default = 0.99
     await asyncio.sleep(max(0.0, failed_at + 0.7 - asyncio.get_running_loop().time()))
     _, headers, _ = await chat(client, rewordings[5])  # the probe: the verifier is back
     assert headers["X-Reflex-Status"] == "hit-l3-verified"

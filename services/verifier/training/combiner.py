@@ -442,7 +442,12 @@ class CacheRun:
     decision-model probabilities, and the two curves the issue asks for from the same run."""
 
     def __init__(self, scorer: Scorer, model: DecisionModel, pairs: LabelledPairs, top_k: int = 5,
-                 min_similarity: float = 0.5) -> None:
+                 min_similarity: float = 0.5, verified: int | None = None) -> None:
+        from reflex.settings import VerifierDecisionSettings
+
+        # The shipped rule verifies only the nearest REFLEX_RERANKER_CANDIDATES of the top_k
+        # (reflex.decision_rule.shortlist); `previous` still re-ranks all top_k, as it did.
+        self.verified = VerifierDecisionSettings.model_fields["candidates"].default if verified is None else verified
         self.queries, self.stored, self.correct = cache_setup(pairs)
         self.sims = cosine_matrix(scorer, self.queries, self.stored)
         self.top_k, self.min_similarity = top_k, min_similarity
@@ -482,7 +487,7 @@ class CacheRun:
         m = model.margin if margin is None else margin
         chooser = DecisionModel(model.features, model.mean, model.scale, model.weights, model.bias,
                                 model.calibration_a, model.calibration_b, t, m, model.meta)
-        return self.run(lambda i: chooser.choose(self.probs[i]))
+        return self.run(lambda i: chooser.choose(self.probs[i][: self.verified]))
 
     def previous(self, threshold: float = 0.92):
         """Today's verifier: the best candidate by cross-encoder probability, served at >= 0.92."""

@@ -160,7 +160,10 @@ async def bench_embedder(progress: Progress, settings: ModelServiceSettings, *, 
 
 
 async def bench_verifier(progress: Progress, settings: ModelServiceSettings, *, calls: int, concurrency: int,
-                         rounds: int, latency_samples: int, embed_p50_ms: float | None) -> list[Figure]:
+                         rounds: int, latency_samples: int, embed_p50_ms: float | None,
+                         verified: int = len(CANDIDATES)) -> list[Figure]:
+    """``verified``: the candidates one L3 lookup sends (REFLEX_RERANKER_CANDIDATES); when it is
+    not 5, Score of that many is timed too, in the same turns."""
     from services.gateway.model_clients import GrpcVerifier
     from services.verifier.main import start_verifier_server
 
@@ -190,19 +193,27 @@ async def bench_verifier(progress: Progress, settings: ModelServiceSettings, *, 
             baseline_value=raws[k], better="higher", detail=about | {"round_ratios": ratios, "calls": calls},
         ))
         progress.step(f"verifier latency: {latency_samples} x Score(query, 5 candidates), turns with the raw model")
-        five = [(QUERY, c) for c in CANDIDATES]
+        sizes = [len(CANDIDATES)] + ([verified] if verified != len(CANDIDATES) else [])
 
-        def raw_five() -> Any:
-            return model.forward(model.collate(model.tokenize(five)))
+        def timed(n: int) -> list[Callable[[], Awaitable[Any]]]:
+            pairs_n = [(QUERY, c) for c in CANDIDATES[:n]]
 
-        score_p50, raw_p50 = await interleaved_p50s(
-            [lambda: client.score(QUERY, CANDIDATES, COSINES, timeout=30), lambda: asyncio.to_thread(raw_five)],
-            latency_samples)
-        figures.append(Figure(
-            "score_latency", section="models", what="Score p50, 5 candidates (gRPC)", value=score_p50 * 1e3,
-            unit="ms", baseline="raw tokenize + forward of the 5 pairs", baseline_value=raw_p50 * 1e3,
-            better="lower", detail=about | {"samples": latency_samples},
-        ))
+            def raw() -> Any:
+                return model.forward(model.collate(model.tokenize(pairs_n)))
+
+            return [lambda: client.score(QUERY, CANDIDATES[:n], COSINES[:n], timeout=30), lambda: asyncio.to_thread(raw)]
+
+        p50s = await interleaved_p50s([call for n in sizes for call in timed(n)], latency_samples)
+        for i, n in enumerate(sizes):
+            score_p50, raw_p50 = p50s[2 * i], p50s[2 * i + 1]
+            figures.append(Figure(
+                "score_latency" if n == len(CANDIDATES) else "score_verified_latency", section="models",
+                what=f"Score p50, {n} candidate{'s' if n > 1 else ''} (gRPC)"
+                + ("" if n == len(CANDIDATES) else ", what one L3 lookup sends"),
+                value=score_p50 * 1e3, unit="ms", baseline=f"raw tokenize + forward of the {n} pair{'s' if n > 1 else ''}",
+                baseline_value=raw_p50 * 1e3, better="lower", detail=about | {"samples": latency_samples},
+            ))
+        score_p50 = p50s[0]
         if embed_p50_ms:
             figures.append(Figure(
                 "score_vs_embed", section="models", what="Score(5) p50 against Embed(1) p50",

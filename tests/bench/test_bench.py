@@ -18,7 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 EXPECTED = {
     "l1": {"l1_hit_latency", "miss_latency", "l1_hit_throughput"},
     "semantic": {"l3_hit_latency", "miss_with_candidates_latency", "miss_no_candidate_latency", "l3_hit_vs_raw_models"},
-    "models": {"embedder_throughput", "embed_latency", "verifier_throughput", "score_latency", "score_vs_embed"},
+    # score_verified_latency: Score of the REFLEX_RERANKER_CANDIDATES (default 1) one lookup sends
+    "models": {"embedder_throughput", "embed_latency", "verifier_throughput", "score_latency",
+               "score_verified_latency", "score_vs_embed"},
 }
 
 
@@ -43,3 +45,5 @@ def test_quick_bench_reports_every_figure_as_a_positive_ratio(tmp_path: Path) ->
         by_section.setdefault(f["section"], set()).add(f["key"])
     assert by_section == EXPECTED
     assert "[" in result.stderr  # progress lines went to stderr, not into the JSON
+    l3_baseline = next(f["baseline"] for f in figures if f["key"] == "l3_hit_vs_raw_models")
+    assert "Score(1)" in l3_baseline  # what a default lookup runs, not the five of the Score figure

@@ -351,10 +351,10 @@ class VerifierDecisionSettings(SettingsGroup):
         "cross-encoder logit, the L2 cosine, lexical overlap and the rule flags, Platt-calibrated), so 0.96 "
         "reads as a 96% chance of the same question. 0.96 is the lowest that keeps the validation traps (the "
         "hand-written devset's validation part and generated pairs, never QQP's noisy labels) at <=1% false "
-        "hits. Measured by `reflex eval` on data never trained on: devset test 43% of paraphrases served at "
+        "hits. Measured by `reflex eval` on data never trained on: devset test 44% of paraphrases served at "
         "0% of traps (the cross-encoder alone at its old 0.92: 30% / 1.2%), cache-mode precision there "
-        "98.8% (before: 95.1%; cosine top-1 at the same hits: 58%), fow-cache 22% / 1.0% (before: 22% / "
-        "0.7%), QQP validation 24% / 2.0% (before: 12% / 0.6%) (README, Correctness). With a checkpoint that has "
+        "98.9% (before: 95.1%; cosine top-1 at the same hits: 58%), fow-cache 27% / 1.0% (before: 22% / "
+        "0.7%), QQP validation 25% / 2.0% (before: 12% / 0.6%) (README, Correctness). With a checkpoint that has "
         "no decision model the score is the cross-encoder's own probability, for which 0.92 was the pick.",
     )
     candidates: int = Field(

@@ -264,7 +264,7 @@ class PreparedPairs:
 
     model: DecisionModel
     rows: list[dict[str, float]]
-    same: np.ndarray  # exact repeats (up to whitespace): always 1
+    same: np.ndarray  # the same question (_normalised): always 1
 
     def subset(self, kept: Sequence[int]) -> PreparedPairs:
         return PreparedPairs(self.model, [self.rows[i] for i in kept], self.same[list(kept)])

@@ -335,3 +335,33 @@ async def test_health_service_is_not_touched_by_the_error_interceptor(embedder_s
     methods = {s.labels["method"] for m in embedder_server.server.registry.collect()
                if m.name == "reflex_embedder_requests" for s in m.samples}
     assert methods <= {"Embed", "Info"}
+
+
+async def test_the_interceptor_wraps_each_method_once_and_never_remembers_unknown_paths() -> None:
+    # The wrapper is built on a method's first call and reused; a path the server does not
+    # serve (any string a client sends) is never kept, so the cache stays the size of the API.
+    from services.model_server.interceptors import ErrorMappingInterceptor
+    from services.model_server.metrics import ModelMetrics
+
+    async def behaviour(request: object, context: object) -> str:
+        return "answer"
+
+    handler = grpc.unary_unary_rpc_method_handler(behaviour)
+    built: list[str] = []
+
+    async def continuation(details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        built.append(details.method)
+        return handler if details.method == f"/{GRPC_SERVICE}/Embed" else None
+
+    class Details(grpc.HandlerCallDetails):
+        def __init__(self, method: str) -> None:
+            self.method, self.invocation_metadata = method, ()
+
+    interceptor = ErrorMappingInterceptor("embedder", GRPC_SERVICE, ModelMetrics("embedder", max_batch_size=4))
+    first = await interceptor.intercept_service(continuation, Details(f"/{GRPC_SERVICE}/Embed"))
+    again = await interceptor.intercept_service(continuation, Details(f"/{GRPC_SERVICE}/Embed"))
+    assert first is again and first is not handler and built == [f"/{GRPC_SERVICE}/Embed"]
+    assert await first.unary_unary(None, None) == "answer"
+    for n in range(3):
+        assert await interceptor.intercept_service(continuation, Details(f"/{GRPC_SERVICE}/Nope{n}")) is None
+    assert len(built) == 4  # each unknown path asked the server again: nothing was kept for it

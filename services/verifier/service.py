@@ -108,14 +108,17 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         )
 
 
-# Texts up to this size get their decision features on the event loop: a short pair's regexes
-# take about 70 us, less than the hop to a worker thread (about 160 us at idle, more under load).
-# Longer texts (a question may be 16 KiB) go to a thread, so one call never holds the loop.
+# A few short pairs get their decision features on the event loop: a short pair's regexes take
+# about 70 us, less than the hop to a worker thread (about 160 us at idle, more under load).
+# Longer texts (a question may be 16 KiB) or many candidates go to a thread, so one call never
+# holds the loop for long.
 _INLINE_FEATURE_CHARS = 2048
+_INLINE_FEATURE_PAIRS = 8
 
 
 async def _prepare(model: DecisionModel, query: str, candidates: list[str], cosines: list[float]) -> PreparedPairs:
-    if len(query) + sum(len(c) for c in candidates) <= _INLINE_FEATURE_CHARS:
+    if (len(candidates) <= _INLINE_FEATURE_PAIRS
+            and len(query) + sum(len(c) for c in candidates) <= _INLINE_FEATURE_CHARS):
         return model.prepare(query, candidates, cosines)
     return await asyncio.to_thread(model.prepare, query, candidates, cosines)
 

@@ -78,13 +78,14 @@ def main() -> int:
                 lines.append(f"| | | cosine top-1 at the same {same['hits']} hits | | | | {at_threshold(same)} |")
     print("\n".join(lines))
     if args.backends:
+        cache_sets = [(pairs, label) for pairs, label in sets if pairs != "qqp-validation"]
         print()
-        print("| embedder / verifier backend | " + " | ".join(f"{label}, cache: hit / false-hit / precision"
-                                                          for _, label in sets if _ != "qqp-validation") + " |")
-        print("|---|" + "---|" * sum(1 for s in sets if s[0] != "qqp-validation"))
+        print("| embedder / verifier backend | "
+              + " | ".join(f"{label}, cache: hit / false-hit / precision" for _, label in cache_sets) + " |")
+        print("|---|" + "---|" * len(cache_sets))
         for embedder, verifier in (("onnx", "onnx"), ("onnx-int8", "onnx"), ("onnx-int8", "onnx-int8")):
             env = {"REFLEX_EMBEDDER_BACKEND": embedder, "REFLEX_VERIFIER_BACKEND": verifier}
-            cells = [at_threshold(run_eval(pairs, "cache", env=env)) for pairs, _ in sets if pairs != "qqp-validation"]
+            cells = [at_threshold(run_eval(pairs, "cache", env=env)) for pairs, _ in cache_sets]
             print(f"| {embedder} / {verifier} | " + " | ".join(cells) + " |")
     return 0
 

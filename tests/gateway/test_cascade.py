@@ -267,21 +267,33 @@ async def test_threshold_boundary(
         assert "X-Reflex-Verifier-Score" not in headers
 
 
+OTHER = "Center a div with CSS grid?"  # a second stored question on PARAPHRASE's topic
+
+
+async def _store_two_near_entries(client: TestClient, embedder: ControlledEmbedder) -> None:
+    """QUESTION and OTHER stored, both near PARAPHRASE."""
+    embedder.topics[OTHER] = "css"
+    await chat(client, QUESTION)
+    await chat(client, OTHER)
+
+
+def _cosine(u: Sequence[float], v: Sequence[float]) -> float:
+    a, b = np.asarray(u), np.asarray(v)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
 async def test_best_verified_candidate_wins_not_the_nearest(
     make_client: Callable[..., Any], embedder: ControlledEmbedder, verifier: ControlledVerifier
 ) -> None:
     # With REFLEX_RERANKER_CANDIDATES above 1 the verifier picks among the near entries.
     client = await make_client(l2_min_similarity=-1.0, reranker_candidates=5)  # every stored question through L2
-    other = "Center a div with CSS grid?"
-    embedder.topics[other] = "css"
-    await chat(client, QUESTION)
-    await chat(client, other)
+    await _store_two_near_entries(client, embedder)
     verifier.scores[(PARAPHRASE, QUESTION)] = 0.2
-    verifier.scores[(PARAPHRASE, other)] = 0.8
+    verifier.scores[(PARAPHRASE, OTHER)] = 0.8
     _, headers, body = await chat(client, PARAPHRASE)
     assert headers["X-Reflex-Status"] == "hit-l3-verified"
-    assert body["choices"][0]["message"]["content"] == f"Answer #2 to: {other}"
-    assert sorted(verifier.calls[-1][1]) == sorted([QUESTION, other])
+    assert body["choices"][0]["message"]["content"] == f"Answer #2 to: {OTHER}"
+    assert sorted(verifier.calls[-1][1]) == sorted([QUESTION, OTHER])
 
 
 async def test_by_default_only_the_nearest_candidate_is_verified(
@@ -291,16 +303,15 @@ async def test_by_default_only_the_nearest_candidate_is_verified(
     # re-ranks: a farther entry the verifier would like better is not even scored, and when the
     # nearest one fails, the lookup is a miss.
     client = await make_client(l2_min_similarity=-1.0)
-    other = "Center a div with CSS grid?"
-    embedder.topics[other] = "css"
-    await chat(client, QUESTION)
-    await chat(client, other)
-    verifier.scores[(PARAPHRASE, QUESTION)] = 0.2
-    verifier.scores[(PARAPHRASE, other)] = 0.99
+    await _store_two_near_entries(client, embedder)
+    vectors = {q: (await embedder.embed([q], timeout=1))[0] for q in (PARAPHRASE, QUESTION, OTHER)}
+    nearest, farther = sorted((QUESTION, OTHER), key=lambda q: -_cosine(vectors[PARAPHRASE], vectors[q]))
+    verifier.scores[(PARAPHRASE, nearest)] = 0.2
+    verifier.scores[(PARAPHRASE, farther)] = 0.99
     _, headers, body = await chat(client, PARAPHRASE)
     assert headers["X-Reflex-Status"] == "miss"
     (query, candidates), cosines = verifier.calls[-1], verifier.cosines[-1]
-    assert query == PARAPHRASE and candidates == [QUESTION] and cosines is not None and len(cosines) == 1
+    assert query == PARAPHRASE and candidates == [nearest] and cosines is not None and len(cosines) == 1
     assert body["choices"][0]["message"]["content"] == f"Answer #3 to: {PARAPHRASE}"
 
 
@@ -309,17 +320,13 @@ async def test_the_verifier_gets_each_candidates_l2_cosine(
 ) -> None:
     # The decision model behind Score reads the cosine L2 found each candidate by.
     client = await make_client(l2_min_similarity=-1.0, reranker_candidates=5)
-    other = "Center a div with CSS grid?"
-    embedder.topics[other] = "css"
-    await chat(client, QUESTION)
-    await chat(client, other)
+    await _store_two_near_entries(client, embedder)
     await chat(client, PARAPHRASE)
     (query, candidates), cosines = verifier.calls[-1], verifier.cosines[-1]
     assert query == PARAPHRASE and cosines is not None and len(cosines) == len(candidates) == 2
-    vectors = {q: np.asarray((await embedder.embed([q], timeout=1))[0]) for q in (PARAPHRASE, *candidates)}
+    vectors = {q: (await embedder.embed([q], timeout=1))[0] for q in (PARAPHRASE, *candidates)}
     for candidate, cos in zip(candidates, cosines, strict=True):
-        u, v = vectors[PARAPHRASE], vectors[candidate]
-        assert cos == pytest.approx(float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v))), abs=1e-4)
+        assert cos == pytest.approx(_cosine(vectors[PARAPHRASE], vectors[candidate]), abs=1e-4)
     assert cosines == sorted(cosines, reverse=True)  # L2's order, most similar first
 
 
@@ -331,12 +338,9 @@ async def test_a_runner_up_within_the_margin_refuses_the_hit(
     # Two stored questions both pass, 0.05 apart: with REFLEX_RERANKER_MARGIN 0.1 the query
     # sits between two entries, and the cascade refuses rather than guess (reflex/decision_rule.py).
     client = await make_client(l2_min_similarity=-1.0, reranker_margin=margin, reranker_candidates=5)
-    other = "Center a div with CSS grid?"
-    embedder.topics[other] = "css"
-    await chat(client, QUESTION)
-    await chat(client, other)
+    await _store_two_near_entries(client, embedder)
     verifier.scores[(PARAPHRASE, QUESTION)] = 0.90
-    verifier.scores[(PARAPHRASE, other)] = 0.85
+    verifier.scores[(PARAPHRASE, OTHER)] = 0.85
     _, headers, _ = await chat(client, PARAPHRASE)
     assert headers["X-Reflex-Status"] == status
 

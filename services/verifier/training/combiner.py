@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reflex.settings import VerifierDecisionSettings
 from services.verifier.decision import (
     DecisionModel,
     checkpoint_sha,
@@ -443,8 +444,6 @@ class CacheRun:
 
     def __init__(self, scorer: Scorer, model: DecisionModel, pairs: LabelledPairs, top_k: int = 5,
                  min_similarity: float = 0.5, verified: int | None = None) -> None:
-        from reflex.settings import VerifierDecisionSettings
-
         # The shipped rule verifies only the nearest REFLEX_RERANKER_CANDIDATES of the top_k
         # (reflex.decision_rule.shortlist); `previous` still re-ranks all top_k, as it did.
         self.verified = VerifierDecisionSettings.model_fields["candidates"].default if verified is None else verified

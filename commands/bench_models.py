@@ -4,7 +4,8 @@ process (no gRPC, no batcher), whatever REFLEX_EMBEDDER_BACKEND, REFLEX_VERIFIER
 REFLEX_DEVICE select.
 
 * Throughput at saturation: many concurrent clients (one text per Embed call, as the gateway
-  sends them; one query with 5 candidates per Score call) against the raw model run
+  sends them; one query with 5 candidates per Score call), in a process of their own as the
+  gateway is when deployed (``LoadProcess``), against the raw model run
   sequentially on batches of REFLEX_MAX_BATCH_SIZE and of 16 rows, whichever is faster (small
   batches pad less and stay in cache on a CPU). The raw rate excludes tokenizing: the strict
   ceiling. Raw and gRPC runs take turns, one ratio per round.
@@ -18,6 +19,7 @@ synthetic set where it is not installed.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -85,6 +87,63 @@ async def saturate(call: Callable[[Any], Awaitable[Any]], work: Sequence[Any], c
     return len(work) / (time.perf_counter() - start)
 
 
+async def _load_loop(conn: Any, kind: str, address: str, concurrency: int) -> None:
+    from services.gateway.model_clients import GrpcEmbedder, GrpcVerifier
+
+    client = GrpcEmbedder(address) if kind == "embed" else GrpcVerifier(address)
+
+    def call(item: str) -> Awaitable[Any]:
+        if kind == "embed":
+            return client.embed([item], timeout=120)
+        return client.score(item, CANDIDATES, COSINES, timeout=120)
+
+    try:
+        while (items := await asyncio.to_thread(conn.recv)) is not None:
+            try:
+                conn.send(("ok", await saturate(call, items, concurrency)))
+            except Exception as exc:  # reported to the parent, which raises it there
+                conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        await client.close()
+
+
+def _load_main(conn: Any, kind: str, address: str, concurrency: int) -> None:
+    asyncio.run(_load_loop(conn, kind, address, concurrency))
+
+
+class LoadProcess:
+    """The saturating clients, in a process of their own. Deployed, the model servers' callers
+    are gateway replicas in other processes (other pods); clients on the server's own event loop
+    would charge their serialising and scheduling to the server being measured (py-spy: with
+    int8 models the one loop, not the model, was the limit). ``run(items)`` -> items/s."""
+
+    def __init__(self, kind: str, address: str, concurrency: int) -> None:
+        ctx = multiprocessing.get_context("spawn")  # no forked copy of the loaded models or the loop
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(target=_load_main, args=(child, kind, address, concurrency), daemon=True,
+                                    name=f"reflex-bench-{kind}-load")
+        self._process.start()
+        child.close()
+
+    async def run(self, items: Sequence[str]) -> float:
+        self._conn.send(list(items))
+        try:
+            status, value = await asyncio.to_thread(self._conn.recv)
+        except EOFError:
+            raise RuntimeError(f"the load process exited (code {self._process.exitcode})") from None
+        if status != "ok":
+            raise RuntimeError(f"load process: {value}")
+        return value
+
+    async def close(self) -> None:
+        if self._process.is_alive():
+            self._conn.send(None)
+            await asyncio.to_thread(self._process.join, 30)
+        if self._process.is_alive():
+            self._process.kill()
+        self._conn.close()
+
+
 async def interleaved_p50s(calls: Sequence[Callable[[], Awaitable[Any]]], n: int) -> list[float]:
     """p50 seconds of each call, the calls taking turns so that load drift hits all alike."""
     samples: list[list[float]] = [[] for _ in calls]
@@ -115,17 +174,18 @@ async def bench_embedder(progress: Progress, settings: ModelServiceSettings, *, 
     server = await start_embedder_server(settings, 0)
     model = server.backend
     client = GrpcEmbedder(f"127.0.0.1:{server.port}")
+    load = LoadProcess("embed", f"127.0.0.1:{server.port}", concurrency)
     figures: list[Figure] = []
     try:
         work = bench_texts(texts)
-        about = _describe(model, settings)
-        await saturate(lambda t: client.embed([t], timeout=120), work[:64], concurrency)  # warm-up
+        about = _describe(model, settings) | {"clients": "a separate process"}
+        await load.run(work[:64])  # warm-up
         ratios, raws, grpcs, raws_tok = [], [], [], []
         for r in range(rounds):
             progress.step(f"embedder throughput, round {r + 1}/{rounds}: {len(work)} texts raw, then through gRPC "
                           f"({concurrency} clients x 1 text)")
             raw_f, raw_t = await best_raw_rates(model, work, settings.batching.max_batch_size)
-            grpc_rate = await saturate(lambda t: client.embed([t], timeout=120), work, concurrency)
+            grpc_rate = await load.run(work)
             raws.append(raw_f)
             raws_tok.append(raw_t)
             grpcs.append(grpc_rate)
@@ -154,6 +214,7 @@ async def bench_embedder(progress: Progress, settings: ModelServiceSettings, *, 
             detail=about | {"samples": latency_samples},
         ))
     finally:
+        await load.close()
         await client.close()
         await server.stop(0)
     return figures
@@ -171,18 +232,19 @@ async def bench_verifier(progress: Progress, settings: ModelServiceSettings, *, 
     server = await start_verifier_server(settings, 0)
     model = server.backend
     client = GrpcVerifier(f"127.0.0.1:{server.port}")
+    load = LoadProcess("score", f"127.0.0.1:{server.port}", concurrency)
     figures: list[Figure] = []
     try:
-        about = _describe(model, settings)
+        about = _describe(model, settings) | {"clients": "a separate process"}
         queries = bench_texts(calls)
         pairs = [(q, c) for q in queries for c in CANDIDATES]
-        await client.score(QUERY, CANDIDATES, COSINES, timeout=60)  # warm-up
+        await load.run(queries[:concurrency])  # warm-up
         ratios, raws, grpcs = [], [], []
         for r in range(rounds):
             progress.step(f"verifier throughput, round {r + 1}/{rounds}: {len(pairs)} pairs raw, then "
                           f"{calls} Score calls of 5 ({concurrency} clients)")
             raw_f, _ = await best_raw_rates(model, pairs, settings.batching.max_batch_size)
-            call_rate = await saturate(lambda q: client.score(q, CANDIDATES, COSINES, timeout=120), queries, concurrency)
+            call_rate = await load.run(queries)
             raws.append(raw_f)
             grpcs.append(call_rate * len(CANDIDATES))
             ratios.append(grpcs[-1] / raw_f)
@@ -221,6 +283,7 @@ async def bench_verifier(progress: Progress, settings: ModelServiceSettings, *, 
                 better="lower", detail={"target": "<= 4x"},
             ))
     finally:
+        await load.close()
         await client.close()
         await server.stop(0)
     return figures

@@ -1,11 +1,13 @@
 """The README's correctness tables, from `reflex eval --json` runs made now (nothing typed by hand).
 
-    .venv/bin/python scripts/correctness_table.py [--plots docs/eval] [--backends] > table.md
+    .venv/bin/python scripts/correctness_table.py [--plots docs/eval] [--backends] [--before DIR] > table.md
 
 Table 1, one row group per (pairs, mode): the shipped decision model at its threshold, the
 previous verifier (the cross-encoder alone at its 0.92, REFLEX_VERIFIER_DECISION=off), and
 cosine alone (pairwise) or cosine top-1 at the same number of hits (cache mode), all from the
-same runs. ``--backends`` adds table 2: each CPU inference backend pair at the shipped defaults,
+same runs. ``--before DIR`` adds the release before as a row (a checkpoint directory with the
+``decision.json`` it shipped with), and its cross-encoder is then the "previous verifier" of the
+rows below it (the checkpoint the first verifier shipped). ``--backends`` adds table 2: each CPU inference backend pair at the shipped defaults,
 cache mode, so the int8 choice is read against fp32 from one sitting.
 """
 
@@ -53,6 +55,9 @@ def main() -> int:
     parser.add_argument("--plots", type=Path, help="also write the devset test curves here")
     parser.add_argument("--backends", action="store_true", help="also the table of inference backends")
     parser.add_argument("--no-qqp", action="store_true", help="leave out QQP validation (its runs are the long ones)")
+    parser.add_argument("--before", type=Path,
+                        help="the checkpoint released before (with its decision.json): a row of its own, and the "
+                        "previous verifier's cross-encoder")
     args = parser.parse_args()
     lines = [
         "| pairs | mode | method | hit rate at ≤1% false hits | at ≤2% | at ≤5% "
@@ -65,10 +70,16 @@ def main() -> int:
         for n, mode in enumerate(modes):
             plot = args.plots / f"{pairs}-{mode}.png" if args.plots and pairs == "devset-test" else None
             shipped = run_eval(pairs, mode, plot=plot)
-            previous = run_eval(pairs, mode, env={"REFLEX_VERIFIER_DECISION": "off"}, threshold=PREVIOUS_THRESHOLD)
+            before_env = {"REFLEX_RERANKER_PATH": str(args.before.resolve())} if args.before else {}
+            previous = run_eval(pairs, mode, env={"REFLEX_VERIFIER_DECISION": "off", **before_env},
+                                threshold=PREVIOUS_THRESHOLD)
             first = f"{label} ({shipped['pairs']:,})" if n == 0 else ""
             lines.append(f"| {first} | {mode} | **decision model ({shipped['threshold']:g})** | "
                          f"{' | '.join(at_targets(shipped))} | {at_threshold(shipped)} |")
+            if args.before:
+                before = run_eval(pairs, mode, env=before_env)
+                lines.append(f"| | | release before ({before['threshold']:g}) | {' | '.join(at_targets(before))} | "
+                             f"{at_threshold(before)} |")
             lines.append(f"| | | previous verifier ({PREVIOUS_THRESHOLD:g}) | {' | '.join(at_targets(previous))} | "
                          f"{at_threshold(previous)} |")
             if mode == "pairwise":

@@ -47,3 +47,22 @@ def test_quick_bench_reports_every_figure_as_a_positive_ratio(tmp_path: Path) ->
     assert "[" in result.stderr  # progress lines went to stderr, not into the JSON
     l3_baseline = next(f["baseline"] for f in figures if f["key"] == "l3_hit_vs_raw_models")
     assert "Score(1)" in l3_baseline  # what a default lookup runs, not the five of the Score figure
+
+
+def test_the_load_process_reports_its_clients_failures_in_the_parent() -> None:
+    """The saturating clients run in a process of their own: a failed call there must fail the
+    bench with the reason, not hang it or count the failure as throughput."""
+    import asyncio
+
+    from commands.bench_models import LoadProcess
+    from commands.bench_common import free_port
+
+    async def run() -> None:
+        load = LoadProcess("embed", f"127.0.0.1:{free_port()}", concurrency=2)  # nothing listens there
+        try:
+            with pytest.raises(RuntimeError, match="load process: "):
+                await asyncio.wait_for(load.run(["a question"]), 120)
+        finally:
+            await load.close()
+
+    asyncio.run(run())

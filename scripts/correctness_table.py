@@ -5,10 +5,10 @@
 Table 1, one row group per (pairs, mode): the shipped decision model at its threshold, the
 previous verifier (the cross-encoder alone at its 0.92, REFLEX_VERIFIER_DECISION=off), and
 cosine alone (pairwise) or cosine top-1 at the same number of hits (cache mode), all from the
-same runs. ``--before DIR`` adds the release before as a row (a checkpoint directory with the
-``decision.json`` it shipped with), and its cross-encoder is then the "previous verifier" of the
-rows below it (the checkpoint the first verifier shipped). ``--backends`` adds table 2: each CPU inference backend pair at the shipped defaults,
-cache mode, so the int8 choice is read against fp32 from one sitting.
+same runs. ``--before DIR`` (for a new checkpoint) adds the release before as a row: DIR holds
+the checkpoint it shipped with its ``decision.json``, and that checkpoint's cross-encoder alone
+is then the "previous verifier". ``--backends`` adds table 2: each CPU inference backend pair at
+the shipped defaults, cache mode, so the int8 choice is read against fp32 from one sitting.
 """
 
 from __future__ import annotations

@@ -65,12 +65,12 @@ def main() -> int:
         "|---|---|---|---:|---:|---:|---|",
     ]
     sets = [s for s in SETS if not (args.no_qqp and s[0] == "qqp-validation")]
+    before_env = {"REFLEX_RERANKER_PATH": str(args.before.resolve())} if args.before else {}
     for pairs, label in sets:
         modes = ("pairwise",) if pairs == "qqp-validation" else ("pairwise", "cache")
         for n, mode in enumerate(modes):
             plot = args.plots / f"{pairs}-{mode}.png" if args.plots and pairs == "devset-test" else None
             shipped = run_eval(pairs, mode, plot=plot)
-            before_env = {"REFLEX_RERANKER_PATH": str(args.before.resolve())} if args.before else {}
             previous = run_eval(pairs, mode, env={"REFLEX_VERIFIER_DECISION": "off", **before_env},
                                 threshold=PREVIOUS_THRESHOLD)
             first = f"{label} ({shipped['pairs']:,})" if n == 0 else ""

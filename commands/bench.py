@@ -7,7 +7,8 @@ Sections (``--only`` picks some):
 * ``l1``: L1-hit latency and throughput of ``reflex gateway`` against the fake upstream
   called directly and against a bare aiohttp handler (commands.bench_gateway);
 * ``semantic``: L3-verified hit and miss latency through ``reflex serve`` (real models, Qdrant
-  Edge) against the fake upstream called directly (commands.bench_gateway);
+  Edge) against the fake upstream called directly, back to back and with the machine idle
+  before each request, as an agent's requests arrive (commands.bench_gateway);
 * ``models``: embedder and verifier throughput at saturation and latency at idle, through
   their gRPC services, against the raw model in the same process (commands.bench_models);
 * ``backends`` (only with ``--only``): each CPU inference backend's raw cost against torch

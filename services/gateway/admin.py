@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,11 +53,13 @@ class TenantUsage:
     """What each tenant's requests did since this gateway started (stats; the Prometheus
     counters carry the same, for dashboards)."""
 
-    requests: dict[str, Counter[str]] = field(default_factory=dict)  # tenant -> status -> count
+    # tenant -> status -> count; a defaultdict, so that counting (every API request) builds no
+    # Counter that setdefault would throw away for a tenant already seen
+    requests: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     tokens_saved: Counter[str] = field(default_factory=Counter)
 
     def record(self, tenant: str, status: str, tokens_saved: int) -> None:
-        self.requests.setdefault(tenant, Counter())[status] += 1
+        self.requests[tenant][status] += 1
         if tokens_saved > 0:
             self.tokens_saved[tenant] += tokens_saved
 

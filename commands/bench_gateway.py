@@ -38,7 +38,7 @@ from commands.bench_common import (
     stop_all,
     wait_up,
 )
-from commands.bench_servers import RedisProcess, spawn_server
+from commands.bench_servers import CUT_SHORT, RedisProcess, spawn_server
 
 BODY = {"model": "bench-model", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
 HEADERS = {"Authorization": "Bearer sk-bench", "Content-Type": "application/json", "X-Reflex-Format": "raw"}
@@ -290,8 +290,14 @@ IDLE_SHARE = 3
 _SEMANTIC_SERIES = (
     ("l3_hit_latency", "l3", "hit-l3-verified", "L3-verified hit p50 (`reflex serve`)"),
     ("miss_with_candidates_latency", "miss_candidates", "miss", "miss with candidates to verify p50"),
-    ("miss_no_candidate_latency", "miss_none", "miss", "miss with no candidate p50"),
+    ("miss_no_candidate_latency", "miss_none", "miss", "miss in a new context (empty scope) p50"),
+    ("miss_populated_no_candidate_latency", "miss_far", "miss",
+     "miss with no candidate in a populated scope p50"),
 )
+# How far each series' lookups must go, by the gateway's reflex_gateway_semantic_lookups_total
+# outcome: checked after the run, so that a series never measures another path than it says.
+_SERIES_OUTCOME = {"l3": "verified", "miss_candidates": "verified", "miss_none": "empty_scope",
+                   "miss_far": "no_candidate"}
 
 
 async def bench_semantic(progress: Progress, *, requests: int, start_timeout: float = 300.0) -> list[Figure]:
@@ -323,6 +329,7 @@ async def bench_semantic(progress: Progress, *, requests: int, start_timeout: fl
             _check(stored["store"], "bypass", "storing")
             await _wait_stored(url, tenant, questions[-1])
             runs: dict[str, dict[str, list[tuple[float, str]]]] = {}
+            before = await _semantic_outcomes(serve_port)
             for run, first, n, run_warmup, pause in (("", 0, requests, warmup, 0.0),
                                                      ("_idle", offset, idle_requests, idle_warmup, IDLE_PAUSE_S)):
                 progress.step(f"semantic: {n} requests per series (direct / L3 hit / miss with candidates / "
@@ -334,7 +341,18 @@ async def bench_semantic(progress: Progress, *, requests: int, start_timeout: fl
                     "miss_candidates": (url, lambda i, first=first: _question(near_miss(first + i), tenant)),
                     "miss_none": (url, lambda i, fresh=fresh: _question(
                         f"new question {fresh} {i}", {"Authorization": f"Bearer sk-bench-alone-{fresh}-{i}"})),
+                    # the stored questions' scope, a question far from all of them, and an
+                    # answer cut short (never stored), so the scope stays as it is
+                    "miss_far": (url, lambda i, fresh=fresh: _question(
+                        f"new question {fresh} {i} {CUT_SHORT}", tenant)),
                 }, n, warmup=run_warmup, pause=pause)
+            after = await _semantic_outcomes(serve_port)
+            made = {o: after.get(o, 0) - before.get(o, 0) for o in set(_SERIES_OUTCOME.values())}
+            wanted = {o: sum(len(r[k]) + w for r, w in ((runs[""], warmup), (runs["_idle"], idle_warmup))
+                             for k, v in _SERIES_OUTCOME.items() if v == o) for o in made}
+            if made != wanted:
+                raise RuntimeError(f"the semantic series took other paths than they say: lookups by outcome {made}, "
+                                   f"expected {wanted}")
         finally:
             stop_all(procs)
     for run, samples in runs.items():
@@ -350,6 +368,19 @@ async def bench_semantic(progress: Progress, *, requests: int, start_timeout: fl
                                           "requests": len(ms), "pause_s": IDLE_PAUSE_S if run else 0.0},
                                   **common))
     return figures
+
+
+async def _semantic_outcomes(port: int) -> dict[str, float]:
+    """The gateway's semantic lookups so far, by outcome (from its /metrics)."""
+    import aiohttp
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as response:
+        text = await response.text()
+    return {sample.labels["outcome"]: sample.value for family in text_string_to_metric_families(text)
+            if family.name == "reflex_gateway_semantic_lookups" for sample in family.samples
+            if sample.name.endswith("_total")}
 
 
 async def _wait_stored(url: str, tenant: dict[str, str], last: str, timeout: float = 30.0) -> None:

@@ -25,6 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# In a question to the fake upstream: answer it with finish_reason "length" (see _upstream_app).
+CUT_SHORT = "[cut short]"
+
 BARE_BODY = {
     "id": "chatcmpl-bare", "object": "chat.completion", "created": 0, "model": "bench-model",
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris"}, "finish_reason": "stop"}],
@@ -43,10 +46,13 @@ def _upstream_app():  # type: ignore[no-untyped-def]
         number = next(numbers)
         content = body["messages"][-1].get("content")
         answer = f"Answer #{number} to: {content}"
+        # A question that asks for it gets an answer cut short (finish_reason "length"), which
+        # the gateway never stores: the bench's misses in a populated scope keep it as it was.
+        finish = "length" if isinstance(content, str) and CUT_SHORT in content else "stop"
         completion = {
             "id": f"chatcmpl-bench-{number}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model", "bench-model"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": finish}],
             "usage": {"prompt_tokens": 11, "completion_tokens": len(answer.split()),
                       "total_tokens": 11 + len(answer.split())},
         }

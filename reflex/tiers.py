@@ -94,6 +94,11 @@ class L2Store(Protocol):
         """Nearest live entries of ``scope`` (filtered inside Qdrant, never in Python), with
         similarity >= min_similarity, best first. Raises TierUnavailable."""
 
+    async def has_entries(self, scope: L2Scope) -> bool:
+        """Whether ``scope`` holds any live entry. Most scopes a lookup meets are empty (every
+        new conversation is a context of its own), and a lookup there need not wait for its
+        question's embedding. Raises TierUnavailable."""
+
     async def upsert(self, point: L2Point) -> None:
         """Write (or overwrite) one entry; visible to the next search once this returns."""
 

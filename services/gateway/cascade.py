@@ -14,7 +14,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -77,6 +77,9 @@ class Lookup:
     verifier_score: float | None = None
     # the embedding of the question, reused when the answer is written (never embed twice)
     vector: list[float] | None = None
+    # ... or that embedding still on its way, when the lookup went upstream without waiting
+    # for it (an empty scope, see Cascade._semantic); the write-back awaits it
+    embedding: asyncio.Future[list[list[float]] | None] | None = None
     lookup_ms: float = 0.0
     entry_bytes: int = 0  # the serialized entry's size: large hits are prepared off the event loop
 
@@ -164,8 +167,18 @@ class Cascade:
         # that a client's richer error (and its reason label) normally wins
         self._backstop = 0.05
         self._min_useful_score = settings.verifier.threshold
+        # lookups' embeddings still on their way after the lookup returned (see _semantic)
+        self._pending: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ plumbing
+    def _in_background(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """``work`` as a task this cascade holds until it is done (the event loop keeps only a
+        weak reference to a task: one nobody awaits could be collected while it runs)."""
+        task = asyncio.ensure_future(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return task
+
     async def _call(
         self, component: str, stage: str | None, call: Callable[[], Awaitable[T]], deadline: float | None = None
     ) -> T | None:
@@ -227,12 +240,25 @@ class Cascade:
         return await self._semantic(keys.question, scope, self.tiers)
 
     async def _semantic(self, question: str, scope: L2Scope, tiers: SemanticTiers) -> Lookup:
-        vectors = await self._call(
+        # The question's embedding and "does this scope hold anything?" go out together. Most
+        # scopes a lookup meets are empty: the scope includes the whole conversation before the
+        # question, so every later turn of a chat is a context of its own. There no entry can
+        # be served, and the request goes upstream at once instead of after the embedding (the
+        # embedder's forward pass was most of a no-candidate miss's cost); the embedding, still
+        # on its way, is kept for writing the answer.
+        embedding = self._in_background(self._call(
             "embedder",
             "embed",
             lambda: tiers.embedder.embed([question], timeout=self._embed_timeout),
             self._embed_timeout + self._backstop,
+        ))
+        populated = await self._call(
+            "l2", "scope", lambda: tiers.l2.has_entries(scope), self._l2_timeout + self._backstop
         )
+        if populated is False:  # None: L2 failed, and the search below finds out the same way
+            self.metrics.semantic_lookups.labels("empty_scope").inc()
+            return Lookup(CacheStatus.MISS, embedding=embedding)
+        vectors = await embedding
         if not vectors:
             return Lookup(CacheStatus.MISS)
         vector = list(vectors[0])
@@ -245,7 +271,9 @@ class Cascade:
             self._l2_timeout + self._backstop,
         )
         if not candidates:
+            self.metrics.semantic_lookups.labels("no_candidate").inc()
             return Lookup(CacheStatus.MISS, vector=vector)
+        self.metrics.semantic_lookups.labels("verified").inc()
         # Only the nearest few are verified (REFLEX_RERANKER_CANDIDATES; decision_rule.shortlist).
         candidates = decision_rule.shortlist(candidates[: self.settings.l2.top_k], self.settings.verifier.candidates)
         scores = await self._call(
@@ -307,17 +335,18 @@ class Cascade:
 
     # ------------------------------------------------------------------ write-back
     async def store_answer(
-        self, keys: RequestKeys, completion: dict[str, Any], vector: list[float] | None, *, semantic: bool = True
+        self, keys: RequestKeys, completion: dict[str, Any], found: Lookup | None, *, semantic: bool = True
     ) -> None:
         """Write a fresh upstream answer to L1 and (when eligible) L2 together. Runs after the
         response was sent; a failure is counted and logged, never raised to anyone.
-        ``vector`` is the lookup's embedding of the question, when it made one; ``semantic``
-        False keeps the answer out of L2 (an answer that calls tools: exact repeats only)."""
+        ``found`` is the request's lookup, whose embedding of the question (made, or on its
+        way) is reused; ``semantic`` False keeps the answer out of L2 (an answer that calls
+        tools: exact repeats only)."""
         data = CachedEntry(entry_id=keys.l1_key, completion=completion, question=keys.question).to_bytes()
         writes = [self._write_l1(keys, data)]
         scope = keys.scope
         if semantic and self.tiers is not None and keys.question is not None and scope is not None:
-            writes.append(self._store_l2(keys.l1_key, keys.question, scope, data, vector, self.tiers))
+            writes.append(self._store_l2(keys.l1_key, keys.question, scope, data, found, self.tiers))
         await asyncio.gather(*writes)
 
     async def promote(self, keys: RequestKeys, entry: CachedEntry) -> None:
@@ -333,9 +362,13 @@ class Cascade:
         await self._write("l1", self.l1.name, None, lambda: self.l1.set(keys.l1_key, data, tags=tags))
 
     async def _store_l2(
-        self, entry_id: str, question: str, scope: L2Scope, data: bytes, vector: list[float] | None,
+        self, entry_id: str, question: str, scope: L2Scope, data: bytes, found: Lookup | None,
         tiers: SemanticTiers,
     ) -> None:
+        vector = found.vector if found is not None else None
+        if vector is None and found is not None and found.embedding is not None:
+            vectors = await found.embedding  # never raises: _call turned any failure into None
+            vector = list(vectors[0]) if vectors else None
         if vector is None:
             # The lookup did not embed (refresh, or the embedder was down): embedding here is
             # off the request's critical path.

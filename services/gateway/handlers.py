@@ -129,7 +129,7 @@ class ApiCall:
         if not self.store:
             return
         semantic = not self.protocol.calls_tools(answer)
-        self.state.spawn(self.state.cascade.store_answer(self.keys, answer, self.lookup.vector, semantic=semantic))
+        self.state.spawn(self.state.cascade.store_answer(self.keys, answer, self.lookup, semantic=semantic))
 
 
 # ---------------------------------------------------------------------------- cacheable endpoints

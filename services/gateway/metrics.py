@@ -153,7 +153,7 @@ class GatewayMetrics:
         self.lookup_seconds = Histogram(
             "reflex_gateway_lookup_seconds",
             "Time spent in each cache-lookup stage.",
-            ["stage"],  # l1, embed, l2, verify, total
+            ["stage"],  # l1, embed, scope (L2: does the scope hold anything?), l2, verify, total
             buckets=_LOOKUP_BUCKETS,
             registry=self.registry,
         )
@@ -186,6 +186,14 @@ class GatewayMetrics:
             "reflex_gateway_exact_only",
             "Requests with a question that were kept out of the semantic tiers, by reason.",
             ["reason"],
+            registry=self.registry,
+        )
+        self.semantic_lookups = Counter(
+            "reflex_gateway_semantic_lookups",
+            "Semantic lookups by how far they went: empty_scope (the scope held no entry: the request went "
+            "upstream without waiting for its embedding), no_candidate (none above the cosine floor), "
+            "verified (candidates went to the verifier).",
+            ["outcome"],
             registry=self.registry,
         )
         self.hits = Counter(

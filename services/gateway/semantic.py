@@ -60,6 +60,10 @@ class LazyL2Store:
         store = await self._open(len(vector))
         return await store.search(scope, vector, top_k=top_k, min_similarity=min_similarity)
 
+    async def has_entries(self, scope: L2Scope) -> bool:
+        store = await self._open(None)
+        return await store.has_entries(scope)
+
     async def upsert(self, point: L2Point) -> None:
         store = await self._open(len(point.vector))
         await store.upsert(point)

@@ -17,9 +17,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 EXPECTED = {
     "l1": {"l1_hit_latency", "miss_latency", "l1_hit_throughput"},
-    "semantic": {"l3_hit_latency", "miss_with_candidates_latency", "miss_no_candidate_latency", "l3_hit_vs_raw_models",
+    "semantic": {"l3_hit_latency", "miss_with_candidates_latency", "miss_no_candidate_latency",
+                 "miss_populated_no_candidate_latency", "l3_hit_vs_raw_models",
                  # the same series with the machine idle before each request
-                 "l3_hit_latency_idle", "miss_with_candidates_latency_idle", "miss_no_candidate_latency_idle"},
+                 "l3_hit_latency_idle", "miss_with_candidates_latency_idle", "miss_no_candidate_latency_idle",
+                 "miss_populated_no_candidate_latency_idle"},
     # score_verified_latency: Score of the REFLEX_RERANKER_CANDIDATES (default 1) one lookup sends
     "models": {"embedder_throughput", "embed_latency", "verifier_throughput", "score_latency",
                "score_verified_latency", "score_vs_embed"},

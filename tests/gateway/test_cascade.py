@@ -65,6 +65,7 @@ class ControlledEmbedder:
         self.calls: list[list[str]] = []
         self.down = False
         self.stall = 0.0
+        self.gate: asyncio.Event | None = None  # when set, every embedding waits for it to open
 
     async def embed(self, texts: Sequence[str], *, timeout: float) -> list[list[float]]:
         self.calls.append(list(texts))
@@ -72,6 +73,8 @@ class ControlledEmbedder:
             raise TierUnavailable("embedder", "unavailable", "test says down")
         if self.stall:
             await asyncio.sleep(self.stall)  # ignores its timeout on purpose
+        if self.gate is not None:
+            await self.gate.wait()
         return [topic_vector(self.topics.get(t, t), t) for t in texts]
 
     async def check(self) -> None:
@@ -129,6 +132,9 @@ class ThreadBoundL2:
 
     async def search(self, scope: L2Scope, vector: Sequence[float], *, top_k: int, min_similarity: float) -> Any:
         return await self._on_thread(self._store.search(scope, vector, top_k=top_k, min_similarity=min_similarity))
+
+    async def has_entries(self, scope: L2Scope) -> bool:
+        return await self._on_thread(self._store.has_entries(scope))  # type: ignore[no-any-return]
 
     async def upsert(self, point: L2Point) -> None:
         await self._on_thread(self._store.upsert(point))
@@ -363,6 +369,32 @@ async def test_verifier_failure_is_a_plain_miss_never_unverified(
     assert body["choices"][0]["message"]["content"] == f"Answer #2 to: {PARAPHRASE}"
     metrics = await (await client.get("/metrics")).text()
     assert 'reflex_gateway_tier_failures_total{component="verifier"' in metrics
+
+
+async def test_a_lookup_in_an_empty_scope_does_not_wait_for_its_embedding(
+    client: TestClient, fake_upstream: FakeUpstream, embedder: ControlledEmbedder, verifier: ControlledVerifier
+) -> None:
+    """A new context holds no entry: the request goes upstream while its question is still
+    being embedded, and the answer is written to L2 with that same embedding once it comes."""
+    verifier.scores[(PARAPHRASE, QUESTION)] = 0.93
+    embedder.gate = asyncio.Event()
+    response = await client.post(CHAT, json={"model": "fake-model", "messages": [{"role": "user", "content": QUESTION}]},
+                                 headers={"Authorization": f"Bearer {client.app[TEST_KEY]}", **RAW})
+    assert response.status == 200 and response.headers["X-Reflex-Status"] == "miss"
+    await response.read()  # answered while the embedding is still held at the gate
+    assert embedder.calls == [[QUESTION]] and fake_upstream.chat_count == 1
+    embedder.gate.set()
+    await client.app[STATE].settle()
+    assert embedder.calls == [[QUESTION]]  # the lookup's embedding was the write's: never twice
+    metrics = await (await client.get("/metrics")).text()
+    assert 'reflex_gateway_semantic_lookups_total{outcome="empty_scope"} 1.0' in metrics
+
+    # the scope is populated now: the next lookup waits for its embedding and verifies
+    _, headers, _ = await chat(client, PARAPHRASE)
+    assert headers["X-Reflex-Status"] == "hit-l3-verified"
+    assert verifier.calls == [(PARAPHRASE, [QUESTION])]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'reflex_gateway_semantic_lookups_total{outcome="verified"} 1.0' in metrics
 
 
 async def test_embedder_outage_degrades_reports_and_recovers(

@@ -21,7 +21,7 @@ from tests.l2.support import DIM, LOCAL_MODE_WARNINGS, OpenStore, unit
 pytestmark = LOCAL_MODE_WARNINGS
 
 SCOPE = L2Scope(tenant="tenant-a", model="gpt-4o", context_hash="ctx-1")
-PROTOCOL_METHODS = ("search", "upsert", "check", "close")
+PROTOCOL_METHODS = ("search", "has_entries", "upsert", "check", "close")
 ALL_BYTES = bytes(range(256)) * 3  # every byte value, so any text-encoding slip shows
 
 
@@ -95,6 +95,19 @@ async def test_entries_of_another_scope_are_never_candidates(store: Any, field: 
     assert [c.entry_id for c in await find(store, unit(0))] == [mine]
     assert [c.entry_id for c in await find(store, unit(0), **{field: "other"})] == [entry_id("theirs")]
     assert await find(store, unit(0), **{field: "nobody"}) == []
+
+
+async def test_has_entries_says_whether_a_scope_holds_a_live_entry(store: Any) -> None:
+    # what lets a lookup in a new context go upstream without waiting for its embedding
+    assert await store.has_entries(SCOPE) is False
+    await put(store, "short", unit(0), ttl_secs=1)
+    assert await store.has_entries(SCOPE) is True
+    for field in ("tenant", "model", "context_hash"):
+        assert await store.has_entries(replace(SCOPE, **{field: "other"})) is False, field
+    expiry = time.time() + 1
+    while time.time() <= expiry:  # an expired entry, not yet purged, is no entry
+        await asyncio.sleep(0.1)
+    assert await store.has_entries(SCOPE) is False
 
 
 async def test_results_are_best_first_and_at_most_top_k(store: Any) -> None:

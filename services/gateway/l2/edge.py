@@ -161,6 +161,12 @@ class EdgeL2Store:
         points = await self._call(self._shard.query, request)
         return [schema.candidate(p.payload, p.score) for p in points]
 
+    async def has_entries(self, scope: L2Scope) -> bool:
+        # a scroll of one point id, filtered like a search: stops at the first live point
+        request = qe.ScrollRequest(limit=1, filter=_filter(scope, time.time()), with_payload=False, with_vector=False)
+        records, _ = await self._call(self._shard.scroll, request)
+        return bool(records)
+
     async def upsert(self, point: L2Point) -> None:
         stored = qe.Point(*schema.prepare(point, self.dimension))
         await self._call(self._shard.update, qe.UpdateOperation.upsert_points([stored]))

@@ -185,6 +185,14 @@ class RemoteL2Store:
         )
         return [schema.candidate(p.payload, p.score) for p in response.points]
 
+    async def has_entries(self, scope: L2Scope) -> bool:
+        # a scroll of one point id, filtered like a search (the scope's fields are indexed)
+        records, _ = await self._guard(
+            self._client.scroll(self._collection, scroll_filter=_filter(scope, time.time()), limit=1,
+                                with_payload=False, with_vectors=False)
+        )
+        return bool(records)
+
     async def upsert(self, point: L2Point) -> None:
         point_id, vector, payload = schema.prepare(point, self.dimension)
         stored = qm.PointStruct(id=str(point_id), vector=vector, payload=payload)

@@ -341,7 +341,9 @@ class Cascade:
         response was sent; a failure is counted and logged, never raised to anyone.
         ``found`` is the request's lookup, whose embedding of the question (made, or on its
         way) is reused; ``semantic`` False keeps the answer out of L2 (an answer that calls
-        tools: exact repeats only)."""
+        tools: exact repeats only). L1 does not wait for L2: its write lands at once, and L2's
+        when the embedding is in (a lookup in an empty scope did not wait for it);
+        ``reflex_gateway_pending_cache_writes`` shows what is still on its way."""
         data = CachedEntry(entry_id=keys.l1_key, completion=completion, question=keys.question).to_bytes()
         writes = [self._write_l1(keys, data)]
         scope = keys.scope

@@ -269,6 +269,12 @@ class GatewayMetrics:
             "reflex_gateway_snapshot_entries", "Entries in the last snapshot written or restored, by tier.",
             ["tier"], registry=self.registry,
         )
+        self.pending_writes = Gauge(
+            "reflex_gateway_pending_cache_writes",
+            "Cache writes spawned after a response was sent and not finished yet (an L2 write waits for "
+            "its question's embedding); one that keeps growing means a tier is slow.",
+            registry=self.registry,
+        )
         self.last_request = Gauge(
             "reflex_gateway_last_api_request_timestamp_seconds",
             "Unix time of the last API request (health, readiness and metrics excluded); idle shutdown "

@@ -39,6 +39,9 @@ class GatewayState:
     parsed_bodies: ParseOnce[ParsedRequest] = field(default_factory=ParseOnce)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        self.metrics.pending_writes.set_function(lambda: len(self._background))  # read at scrape time
+
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a cache write in the background; shutdown awaits it (see ``drain``)."""
         task = asyncio.get_running_loop().create_task(coro)

@@ -82,7 +82,8 @@ class Asker:
 
 
 class _Settled:
-    """Around a request: afterwards, wait until each upstream call it made was written to L1."""
+    """Around a request: afterwards, wait until each upstream call it made was written to L1,
+    and until no write is pending (L2's waits for the question's embedding)."""
 
     def __init__(self, asker: Asker) -> None:
         self.asker = asker
@@ -94,6 +95,7 @@ class _Settled:
         made = self.asker.calls - self.calls
         if made and exc[0] is None:
             self.asker.serve.wait_for_writes("l1", self.writes + made)
+            self.asker.serve.wait_settled()
 
 
 @pytest.fixture

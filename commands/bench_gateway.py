@@ -287,17 +287,16 @@ def reworded(question: str) -> str:
 IDLE_PAUSE_S = 0.2
 # The idle series take a third of the requests (each costs IDLE_PAUSE_S per series).
 IDLE_SHARE = 3
+# (figure key, series, X-Reflex-Status, how far its lookups must go by the gateway's
+# reflex_gateway_semantic_lookups_total outcome, what): the outcomes are checked after the run,
+# so that a series never measures another path than it says.
 _SEMANTIC_SERIES = (
-    ("l3_hit_latency", "l3", "hit-l3-verified", "L3-verified hit p50 (`reflex serve`)"),
-    ("miss_with_candidates_latency", "miss_candidates", "miss", "miss with candidates to verify p50"),
-    ("miss_no_candidate_latency", "miss_none", "miss", "miss in a new context (empty scope) p50"),
-    ("miss_populated_no_candidate_latency", "miss_far", "miss",
+    ("l3_hit_latency", "l3", "hit-l3-verified", "verified", "L3-verified hit p50 (`reflex serve`)"),
+    ("miss_with_candidates_latency", "miss_candidates", "miss", "verified", "miss with candidates to verify p50"),
+    ("miss_no_candidate_latency", "miss_none", "miss", "empty_scope", "miss in a new context (empty scope) p50"),
+    ("miss_populated_no_candidate_latency", "miss_far", "miss", "no_candidate",
      "miss with no candidate in a populated scope p50"),
 )
-# How far each series' lookups must go, by the gateway's reflex_gateway_semantic_lookups_total
-# outcome: checked after the run, so that a series never measures another path than it says.
-_SERIES_OUTCOME = {"l3": "verified", "miss_candidates": "verified", "miss_none": "empty_scope",
-                   "miss_far": "no_candidate"}
 
 
 async def bench_semantic(progress: Progress, *, requests: int, start_timeout: float = 300.0) -> list[Figure]:
@@ -333,7 +332,7 @@ async def bench_semantic(progress: Progress, *, requests: int, start_timeout: fl
             for run, first, n, run_warmup, pause in (("", 0, requests, warmup, 0.0),
                                                      ("_idle", offset, idle_requests, idle_warmup, IDLE_PAUSE_S)):
                 progress.step(f"semantic: {n} requests per series (direct / L3 hit / miss with candidates / "
-                              "miss without)" + (f", each after {IDLE_PAUSE_S:g} s idle" if pause else ", back to back"))
+                              "miss in a new context / miss in a populated scope)" + (f", each after {IDLE_PAUSE_S:g} s idle" if pause else ", back to back"))
                 fresh = time.time_ns()
                 runs[run] = await interleaved({
                     "direct": (f"{upstream_url}/chat/completions", lambda i, fresh=fresh: _question(f"direct {fresh} {i}")),
@@ -347,9 +346,11 @@ async def bench_semantic(progress: Progress, *, requests: int, start_timeout: fl
                         f"new question {fresh} {i} {CUT_SHORT}", tenant)),
                 }, n, warmup=run_warmup, pause=pause)
             after = await _semantic_outcomes(serve_port)
-            made = {o: after.get(o, 0) - before.get(o, 0) for o in set(_SERIES_OUTCOME.values())}
-            wanted = {o: sum(len(r[k]) + w for r, w in ((runs[""], warmup), (runs["_idle"], idle_warmup))
-                             for k, v in _SERIES_OUTCOME.items() if v == o) for o in made}
+            wanted: dict[str, float] = {}
+            for _, series, _, outcome, _ in _SEMANTIC_SERIES:  # warmup requests look up too
+                wanted[outcome] = wanted.get(outcome, 0) + len(runs[""][series]) + warmup \
+                    + len(runs["_idle"][series]) + idle_warmup
+            made = {o: after.get(o, 0) - before.get(o, 0) for o in wanted}
             if made != wanted:
                 raise RuntimeError(f"the semantic series took other paths than they say: lookups by outcome {made}, "
                                    f"expected {wanted}")
@@ -361,7 +362,7 @@ async def bench_semantic(progress: Progress, *, requests: int, start_timeout: fl
         after = f", after {IDLE_PAUSE_S:g} s idle" if run else ""
         common = {"section": "semantic", "unit": "ms", "better": "lower", "baseline_value": base,
                   "baseline": "fake upstream called directly (p50)" + (f", also after {IDLE_PAUSE_S:g} s idle" if run else "")}
-        for key, series, status, what in _SEMANTIC_SERIES:
+        for key, series, status, _, what in _SEMANTIC_SERIES:
             ms = _check(samples[series], status, what + after)
             figures.append(Figure(key + run, what=what + after, value=percentile(ms, 50),
                                   detail={"p99_ms": percentile(ms, 99), "added_ms": percentile(ms, 50) - base,

@@ -31,6 +31,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.metrics import pending_writes
 from tests.support.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,17 +113,10 @@ class ServeProcess:
             assert time.monotonic() < deadline, f"no {tier} write landed:\n" + self.log.read_text()[-3000:]
             time.sleep(0.1)
 
-    def pending_writes(self) -> float:
-        """Cache writes the gateway spawned and has not finished (an L2 write waits for its
-        question's embedding, which a lookup in an empty scope did not wait for)."""
-        text = httpx.get(f"{self.base}/metrics", timeout=5).text
-        return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
-                    if s.name == "reflex_gateway_pending_cache_writes")
-
     def wait_settled(self, timeout: float = 30.0) -> None:
         """Until every cache write spawned so far has finished, L2's included."""
         deadline = time.monotonic() + timeout
-        while self.pending_writes():
+        while pending_writes(self.base):
             assert time.monotonic() < deadline, "cache writes still pending:\n" + self.log.read_text()[-3000:]
             time.sleep(0.05)
 

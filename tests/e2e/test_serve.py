@@ -22,6 +22,7 @@ import pytest
 
 from reflex.settings import VerifierDecisionSettings
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.metrics import pending_writes
 from tests.support.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,18 +104,12 @@ def serve(storage: Path, upstream: FakeUpstream) -> Iterator[ServeProcess]:
         process.stop()
 
 
-def pending_writes(serve: ServeProcess) -> float:
-    text = httpx.get(f"{serve.base}/metrics").text
-    return float(next(line.split()[1] for line in text.splitlines()
-                      if line.startswith("reflex_gateway_pending_cache_writes ")))
-
-
 def wait_for_write(serve: ServeProcess, question: str) -> None:
     """Cache writes happen after the response is sent: an exact repeat tells us L1 has it, and no
     write left pending that L2 has it too (its write waits for the question's embedding, which a
     lookup in an empty scope did not wait for)."""
     deadline = time.monotonic() + 30
-    while serve.ask(question)[0] != "hit-l1-exact" or pending_writes(serve):
+    while serve.ask(question)[0] != "hit-l1-exact" or pending_writes(serve.base):
         assert time.monotonic() < deadline, f"{question!r} was never cached"
         time.sleep(0.2)
 

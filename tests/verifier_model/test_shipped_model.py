@@ -167,7 +167,6 @@ def test_checkpoint_is_fp16_safetensors_with_tokenizer_under_50_mb():
     assert config["architectures"] == ["BertForSequenceClassification"]
 
 
-
 def test_the_shipped_model_card_is_what_the_template_renders_from_the_training_record(tmp_path):
     """The card's prose lives in the template and its numbers in training_metrics.json: a card
     edited by hand would be overwritten by the next `reflex train-verifier`, so the two must agree."""
@@ -175,6 +174,7 @@ def test_the_shipped_model_card_is_what_the_template_renders_from_the_training_r
 
     write_model_card(tmp_path, json.loads((MODEL_DIR / "training_metrics.json").read_text()))
     assert (tmp_path / "MODEL_CARD.md").read_text() == (MODEL_DIR / "MODEL_CARD.md").read_text()
+
 
 # ---------------------------------------------------------------------- through the services
 @pytest.fixture(scope="module")

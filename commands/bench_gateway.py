@@ -43,6 +43,8 @@ from commands.bench_servers import CUT_SHORT, RedisProcess, spawn_server
 BODY = {"model": "bench-model", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
 HEADERS = {"Authorization": "Bearer sk-bench", "Content-Type": "application/json", "X-Reflex-Format": "raw"}
 
+_L1_LABELS = {"memory": "in-process L1", "redis": "Redis L1", "redis_direct": "Redis L1, no near cache"}
+
 # Variables a developer's shell may hold that would point the bench's servers at real
 # deployments, or change what is measured; each server gets its own values instead.
 _ISOLATE = ("REFLEX_REDIS_URL", "REFLEX_QDRANT_URL", "REFLEX_EMBEDDER_URL", "REFLEX_VERIFIER_URL", "REFLEX_PORT",
@@ -181,13 +183,17 @@ async def bench_l1(progress: Progress, *, requests: int, duration: float, connec
         upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
         gateways = {"memory": free_port()}
         if redis_proc is not None:
+            # with each replica's near cache (the default), and every lookup a round trip
             gateways["redis"] = free_port()
+            gateways["redis_direct"] = free_port()
         for l1, port in gateways.items():
             env = _env(REFLEX_PORT=str(port), REFLEX_UPSTREAM_URL=upstream_url, REFLEX_SEMANTIC="0",
                        REFLEX_MAX_INFLIGHT="4096")
-            if l1 == "redis":
+            if l1 != "memory":
                 assert redis_proc is not None
                 env["REFLEX_REDIS_URL"] = redis_proc.url
+                if l1 == "redis_direct":
+                    env["REFLEX_L1_NEAR_CACHE_BYTES"] = "0"
             procs.append(_spawn_reflex("gateway", env))
         await wait_up(f"{upstream_url}/models", 30, procs[0])
         await wait_up(f"http://127.0.0.1:{bare_port}/healthz", 30, procs[1])
@@ -202,8 +208,8 @@ async def bench_l1(progress: Progress, *, requests: int, duration: float, connec
         direct_url = f"{upstream_url}/chat/completions"
         bare_url = f"http://127.0.0.1:{bare_port}/v1/chat/completions"
         for l1, port in gateways.items():
-            suffix = "" if l1 == "memory" else "_redis"
-            label = "in-process L1" if l1 == "memory" else "Redis L1"
+            suffix = "" if l1 == "memory" else f"_{l1}"
+            label = _L1_LABELS[l1]
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
             progress.step(f"L1 ({label}): {requests} sequential requests per series (direct / hit / miss)")
             fresh = time.time_ns()
@@ -374,7 +380,6 @@ async def bench_semantic(progress: Progress, *, requests: int, start_timeout: fl
 async def _semantic_outcomes(port: int) -> dict[str, float]:
     """The gateway's semantic lookups so far, by outcome (from its /metrics)."""
     import aiohttp
-
     from prometheus_client.parser import text_string_to_metric_families
 
     async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as response:

@@ -235,6 +235,19 @@ class L1Settings(SettingsGroup):
         "alone does not bound memory: ten 20 MiB answers are ten entries. Redis bounds its own memory "
         "(maxmemory with an LRU policy).",
     )
+    l1_near_cache_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="With Redis: bytes of recently read L1 entries each gateway replica keeps in process, "
+        "dropped by Redis's invalidation messages (CLIENT TRACKING, Redis 6+) when any replica writes, "
+        "deletes or expires them. 0: every L1 lookup goes to Redis.",
+    )
+    l1_near_cache_secs: float = Field(
+        60.0,
+        gt=0,
+        description="With Redis: the longest a replica keeps its copy of an entry, whatever the invalidations "
+        "say: the bound on staleness should one be lost.",
+    )
     redis_timeout_ms: int = Field(
         250,
         ge=1,

@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 from reflex.entry import CachedEntry
 from reflex.settings import L1Settings
 from reflex.tiers import TierUnavailable
+from services.gateway.l1_near import NearCache
 from services.gateway.selection import Selection
 
 
@@ -230,7 +231,8 @@ class RedisL1:
     _TENANT_PREFIX = "reflex:l1-tenant:"  # not under _PREFIX, so it can never equal an entry key
     _TENANTS = "reflex:l1-tenants"
 
-    def __init__(self, url: str, *, ttl_secs: int, timeout_secs: float, retry_secs: float) -> None:
+    def __init__(self, url: str, *, ttl_secs: int, timeout_secs: float, retry_secs: float,
+                 near_cache_bytes: int = 0, near_cache_secs: float = 60.0) -> None:
         self._ttl = ttl_secs
         self._retry_secs = retry_secs
         self._down_until = 0.0
@@ -247,6 +249,9 @@ class RedisL1:
             retry_on_timeout=False,
             health_check_interval=0,
         )
+        # this replica's invalidated copy of what it read (l1_near.py); 0 bytes: none
+        self._near = NearCache(url, self._PREFIX, max_bytes=near_cache_bytes, max_age_secs=near_cache_secs,
+                               timeout_secs=timeout_secs, retry_secs=retry_secs) if near_cache_bytes > 0 else None
 
     def _guard(self) -> None:
         if time.monotonic() < self._down_until:
@@ -267,8 +272,14 @@ class RedisL1:
         waits for nothing: its batch of one is sent on the next turn of the loop.
         """
         self._guard()
+        near = self._near
+        if near is not None:
+            kept = near.get(key)
+            if kept is not None:
+                return kept
+            near.start()
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        self._batch.append((self._PREFIX + key, future))
+        self._batch.append((key, future))
         if len(self._batch) == 1:
             asyncio.get_running_loop().call_soon(self._send_batch)
         return await future
@@ -280,25 +291,36 @@ class RedisL1:
         task.add_done_callback(self._batches.discard)
 
     async def _mget(self, batch: list[tuple[str, asyncio.Future[bytes | None]]]) -> None:
+        near = self._near
+        token = near.reading(key for key, _ in batch) if near is not None else None
         try:
-            values = await self._client.mget([key for key, _ in batch])
+            values = await self._client.mget([self._PREFIX + key for key, _ in batch])
         except (RedisError, OSError, TimeoutError) as exc:
+            if near is not None:
+                near.abandon((key for key, _ in batch), token)
             failure = self._failed(exc)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(failure)
             return
         except BaseException as exc:  # cancelled at shutdown, or a bug: never leave a caller waiting
+            if near is not None:
+                near.abandon((key for key, _ in batch), token)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(TierUnavailable(self.name, "error", type(exc).__name__))
             raise
-        for (_, future), value in zip(batch, values, strict=True):
+        for (key, future), value in zip(batch, values, strict=True):
+            value = value if value is None else bytes(value)
+            if near is not None:
+                near.offer(key, value, token)
             if not future.done():  # the caller may have left (cancelled) meanwhile
-                future.set_result(value if value is None else bytes(value))
+                future.set_result(value)
 
     async def set(self, key: str, value: bytes, *, tags: L1Tags | None = None) -> None:
         self._guard()
+        if self._near is not None:
+            self._near.drop(key)  # this replica reads its own write (the invalidation follows)
         try:
             if tags is None:
                 await self._client.set(self._PREFIX + key, value, ex=self._ttl)
@@ -350,6 +372,9 @@ class RedisL1:
     async def delete(self, items: Sequence[L1Item] | Sequence[str]) -> int:
         if not items:
             return 0
+        if self._near is not None:
+            for item in items:
+                self._near.drop(item.key if isinstance(item, L1Item) else item)
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for item in items:
@@ -375,6 +400,8 @@ class RedisL1:
     async def close(self) -> None:
         if self._batches:
             await asyncio.gather(*self._batches, return_exceptions=True)
+        if self._near is not None:
+            await self._near.close()
         await self._client.aclose()
 
 
@@ -385,5 +412,7 @@ def open_l1(settings: L1Settings, *, ttl_secs: int) -> L1Cache:
             ttl_secs=ttl_secs,
             timeout_secs=settings.redis_timeout_ms / 1000,
             retry_secs=settings.redis_retry_secs,
+            near_cache_bytes=settings.l1_near_cache_bytes,
+            near_cache_secs=settings.l1_near_cache_secs,
         )
     return MemoryL1(settings.l1_capacity, ttl_secs, settings.l1_max_bytes)

@@ -21,13 +21,14 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, extra_args: list[str] | None = None) -> None:
         executable = shutil.which("redis-server")
         if executable is None:
             raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
         self.executable = executable
         self.port = port or free_port()
         self._process: subprocess.Popen[bytes] | None = None
+        self._extra_args = list(extra_args or ())  # e.g. a renamed command, as managed offerings do
 
     @property
     def url(self) -> str:
@@ -53,6 +54,7 @@ class RedisServer:
                 "--appendonly", "no",
                 "--protected-mode", "no",
                 "--loglevel", "warning",
+                *self._extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -9,7 +9,7 @@ same concurrent load (32 keep-alive connections by default, as the bench's wrk).
 on one core is inversely proportional to instructions per request when neither server waits
 on anything, so ``bare / gateway`` is the throughput ratio the bench estimates.
 
-    python scripts/bench_l1_instructions.py [--requests 640] [--connections 32] [--redis]
+    python scripts/bench_l1_instructions.py [--requests 640] [--connections 32] [--redis [--no-near-cache]]
 
 Needs valgrind (Debian: ``apt-get install valgrind``); each server starts 50x slower under it
 (about a minute each), and the counters are zeroed after a warm-up, so start-up is not counted.
@@ -97,6 +97,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=640)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--redis", action="store_true", help="the gateway with a Redis L1 (redis-server on PATH)")
+    parser.add_argument("--no-near-cache", action="store_true",
+                        help="with --redis: every lookup goes to Redis (REFLEX_L1_NEAR_CACHE_BYTES=0)")
     args = parser.parse_args()
     if not shutil.which("valgrind"):
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
@@ -118,6 +120,8 @@ def main() -> int:
         redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
                                  stdout=subprocess.DEVNULL)
         gateway_env["REFLEX_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+        if args.no_near_cache:
+            gateway_env["REFLEX_L1_NEAR_CACHE_BYTES"] = "0"
     try:
         gateway = instructions([sys.executable, "-m", "commands.cli", "gateway"], gateway_env, gateway_port,
                                args.requests, args.connections)

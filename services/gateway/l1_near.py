@@ -63,6 +63,7 @@ class NearCache:
         # key -> the token of the newest read of it in flight (see the module docstring)
         self._pending: dict[str, object] = {}
         self._live = False
+        self._was_live = False  # went live since the last failure (for logging it once)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -130,10 +131,12 @@ class NearCache:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, TimeoutError) as exc:
-                if self._live:
+                if self._was_live:  # logged once per outage, not once per retry
                     log.warning("L1 near cache off: Redis invalidations stopped (%s); retrying", type(exc).__name__)
+            except Exception:  # noqa: BLE001 - a bug of ours: the near cache stays off, L1 goes on
+                log.exception("L1 near cache listener failed; retrying")
             finally:
-                self._live = False
+                self._live = self._was_live = False
                 self._clear()
             await asyncio.sleep(self._retry_secs)
 
@@ -165,7 +168,7 @@ class NearCache:
                 log.warning("L1 near cache off: Redis refused client-side caching (%s)", exc)
                 self._closed = True  # a server that refuses it will not start to: no retries
                 return
-            self._live = True
+            self._live = self._was_live = True
             log.info("L1 near cache on (up to %d bytes per replica)", self._max_bytes)
             loop = asyncio.get_running_loop()
             checked = loop.time()

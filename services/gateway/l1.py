@@ -253,6 +253,10 @@ class RedisL1:
         self._near = NearCache(url, self._PREFIX, max_bytes=near_cache_bytes, max_age_secs=near_cache_secs,
                                timeout_secs=timeout_secs, retry_secs=retry_secs) if near_cache_bytes > 0 else None
 
+    @property
+    def near(self) -> NearCache | None:
+        return self._near
+
     def _guard(self) -> None:
         if time.monotonic() < self._down_until:
             raise TierUnavailable(self.name, "unavailable", "paused after a recent failure")

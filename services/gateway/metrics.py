@@ -275,6 +275,17 @@ class GatewayMetrics:
             "its question's embedding); one that keeps growing means a tier is slow.",
             registry=self.registry,
         )
+        self.l1_near_entries = Gauge(
+            "reflex_gateway_l1_near_cache_entries",
+            "Redis L1 entries this replica keeps in its near cache (l1_near.py); 0 without Redis or with it off.",
+            registry=self.registry,
+        )
+        self.l1_near_live = Gauge(
+            "reflex_gateway_l1_near_cache_live",
+            "1 while this replica's near cache receives Redis's invalidations and serves from its copies; "
+            "0 while it is off, starting, or waiting for Redis to come back.",
+            registry=self.registry,
+        )
         self.last_request = Gauge(
             "reflex_gateway_last_api_request_timestamp_seconds",
             "Unix time of the last API request (health, readiness and metrics excluded); idle shutdown "

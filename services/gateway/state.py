@@ -16,7 +16,7 @@ from aiohttp import web
 
 from reflex.settings import GatewaySettings
 from services.gateway.cascade import Cascade, SemanticTiers
-from services.gateway.l1 import L1Cache
+from services.gateway.l1 import L1Cache, RedisL1
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.protocols import ParsedRequest
 from services.gateway.repeats import ParseOnce
@@ -41,6 +41,10 @@ class GatewayState:
 
     def __post_init__(self) -> None:
         self.metrics.pending_writes.set_function(lambda: len(self._background))  # read at scrape time
+        near = self.cascade.l1.near if isinstance(self.cascade.l1, RedisL1) else None
+        if near is not None:
+            self.metrics.l1_near_entries.set_function(lambda: len(near))
+            self.metrics.l1_near_live.set_function(lambda: float(near.live))
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a cache write in the background; shutdown awaits it (see ``drain``)."""

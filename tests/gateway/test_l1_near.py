@@ -5,12 +5,15 @@ replica replaced, deleted or lost to expiry, to a flush, or to a dropped connect
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from services.gateway.l1 import L1Item, L1Tags, RedisL1
 from services.gateway.selection import Selection
+from tests.gateway.conftest import RunningGateway
+from tests.support.metrics import sample
 from tests.support.redis_server import RedisServer
 
 
@@ -166,3 +169,34 @@ async def test_a_redis_that_refuses_client_commands_leaves_the_near_cache_off() 
 
 async def _eq(value: Awaitable[bytes | None], expected: bytes | None) -> bool:
     return await value == expected
+
+
+def test_the_gateway_reports_its_near_cache(start_gateway: Callable[..., RunningGateway]) -> None:
+    """/metrics tells an operator whether the near cache is on and what it holds."""
+    with RedisServer() as redis:
+        gateway = start_gateway("redis", redis_url=redis.url)
+        client = gateway.sync_client()
+
+        def ask() -> str:
+            raw = client.chat.completions.with_raw_response.create(
+                model="fake-model", messages=[{"role": "user", "content": "near"}])
+            return raw.headers["x-reflex-status"]
+
+        def gauges() -> tuple[float, float]:
+            return (sample(gateway.url, "reflex_gateway_l1_near_cache_live"),
+                    sample(gateway.url, "reflex_gateway_l1_near_cache_entries"))
+
+        assert ask() == "miss"
+        gateway.flush()
+        assert ask() == "hit-l1-exact"  # read from Redis, and kept
+        deadline = time.monotonic() + 5
+        while gauges() != (1.0, 1.0):
+            assert time.monotonic() < deadline, gauges()
+            ask()
+            time.sleep(0.05)
+        assert ask() == "hit-l1-exact"
+        redis.stop()
+        deadline = time.monotonic() + 5
+        while gauges() != (0.0, 0.0):  # no invalidations can arrive: nothing is served from copies
+            assert time.monotonic() < deadline, gauges()
+            time.sleep(0.05)

@@ -25,10 +25,10 @@ outliving its entry:
   listener, and the ping is what notices.
 - Each copy also lives at most ``max_age_secs``, whatever happens: the bound on staleness if
   an invalidation is lost in a way neither check sees. Other replicas may serve an entry a
-  write replaced for as long as its invalidation takes to reach them (a loopback round trip).
+  write replaced for as long as its invalidation takes to reach them (one network trip).
 
-A Redis that refuses CLIENT TRACKING (before 6.0, or a proxy that hides it) leaves the near
-cache off, logged once per attempt; L1 works as before.
+A Redis that refuses CLIENT ID or CLIENT TRACKING (before 6.0, or an offering that renames or
+forbids CLIENT) leaves the near cache off for good, with one warning; L1 works as before.
 """
 
 from __future__ import annotations

@@ -66,6 +66,7 @@ class NearCache:
         self._was_live = False  # went live since the last failure (for logging it once)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self.hits = 0  # lookups answered from here
 
     @property
     def live(self) -> bool:
@@ -84,7 +85,10 @@ class NearCache:
     def get(self, key: str) -> bytes | None:
         if not self._live:
             return None
-        return self._entries.get(key)
+        value = self._entries.get(key)
+        if value is not None:
+            self.hits += 1  # read at scrape time (reflex_gateway_l1_near_cache_hits_total)
+        return value
 
     def reading(self, keys: Iterable[str]) -> object:
         """Mark ``keys`` as being read from Redis; the token goes to ``offer``."""

@@ -4,7 +4,7 @@ several apps in one test process never share counters)."""
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -133,6 +133,26 @@ class Histogram(_LoopMetric):
                 buckets.append((le, cumulative))
             family.add_metric(values, buckets, series.sum)  # type: ignore[attr-defined]
         yield family
+
+
+class ScrapedCounter:
+    """A counter whose value a component keeps itself and that is read at scrape time (what
+    prometheus_client's Gauge.set_function is for gauges): its owner counts with a plain int."""
+
+    def __init__(self, name: str, documentation: str, *, registry: CollectorRegistry) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._read = lambda: 0.0
+        registry.register(self)  # type: ignore[arg-type]
+
+    def set_function(self, read: Callable[[], float]) -> None:
+        self._read = read
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self._name, self._documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self._read())
 
 
 class GatewayMetrics:
@@ -278,6 +298,11 @@ class GatewayMetrics:
         self.l1_near_entries = Gauge(
             "reflex_gateway_l1_near_cache_entries",
             "Redis L1 entries this replica keeps in its near cache (l1_near.py); 0 without Redis or with it off.",
+            registry=self.registry,
+        )
+        self.l1_near_hits = ScrapedCounter(
+            "reflex_gateway_l1_near_cache_hits",
+            "Redis L1 lookups this replica answered from its near cache, without a round trip.",
             registry=self.registry,
         )
         self.l1_near_live = Gauge(

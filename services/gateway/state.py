@@ -45,6 +45,7 @@ class GatewayState:
         if near is not None:
             self.metrics.l1_near_entries.set_function(lambda: len(near))
             self.metrics.l1_near_live.set_function(lambda: float(near.live))
+            self.metrics.l1_near_hits.set_function(lambda: float(near.hits))
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a cache write in the background; shutdown awaits it (see ``drain``)."""

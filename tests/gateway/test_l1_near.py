@@ -194,7 +194,9 @@ def test_the_gateway_reports_its_near_cache(start_gateway: Callable[..., Running
             assert time.monotonic() < deadline, gauges()
             ask()
             time.sleep(0.05)
+        hits = sample(gateway.url, "reflex_gateway_l1_near_cache_hits_total")
         assert ask() == "hit-l1-exact"
+        assert sample(gateway.url, "reflex_gateway_l1_near_cache_hits_total") == hits + 1
         redis.stop()
         deadline = time.monotonic() + 5
         while gauges() != (0.0, 0.0):  # no invalidations can arrive: nothing is served from copies

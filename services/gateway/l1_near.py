@@ -140,9 +140,7 @@ class NearCache:
                     log.warning("L1 near cache off: Redis invalidations stopped (%s); retrying", type(exc).__name__)
             except Exception:  # noqa: BLE001 - a bug of ours: the near cache stays off, L1 goes on
                 log.exception("L1 near cache listener failed; retrying")
-            finally:
-                self._live = self._was_live = False
-                self._clear()
+            self._was_live = False  # (_track left the copy empty and not live, however it ended)
             await asyncio.sleep(self._retry_secs)
 
     def _client(self) -> aioredis.Redis:

@@ -14,6 +14,7 @@ from services.gateway.l1 import L1Item, L1Tags, RedisL1
 from services.gateway.selection import Selection
 from tests.gateway.conftest import RunningGateway
 from tests.support.metrics import sample
+from tests.support.polling import until
 from tests.support.redis_server import RedisServer
 
 
@@ -22,25 +23,13 @@ def _replica(redis: RedisServer, **kwargs: float) -> RedisL1:
                    near_cache_bytes=1 << 20, near_cache_secs=kwargs.pop("max_age", 60.0))
 
 
-async def _until(check: Callable[[], Awaitable[bool]] | Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.02)
-
-
 @pytest.fixture
 async def replicas(redis_server: RedisServer) -> AsyncIterator[tuple[RedisL1, RedisL1]]:
     redis_server.flushall()
     a, b = _replica(redis_server), _replica(redis_server)
     for replica in (a, b):
         await replica.get("warm-up")  # starts its listener
-        await _until(lambda r=replica: r._near is not None and r._near.live, "the listener is tracking")
+        await until(lambda r=replica: r.near is not None and r.near.live, "the listener is tracking")
     yield a, b
     await a.close()
     await b.close()
@@ -68,20 +57,30 @@ async def test_another_replicas_write_and_delete_reach_every_copy(replicas: tupl
     await a.set("k", b"v1", tags=L1Tags("tenant-1"))
     assert await b.get("k") == b"v1"
     await a.set("k", b"v2", tags=L1Tags("tenant-1"))  # a refresh on another replica
-    await _until(lambda: _eq(b.get("k"), b"v2"), "replica b sees the new value")
+    await until(lambda: _eq(b.get("k"), b"v2"), "replica b sees the new value")
     items = await a.select(Selection(tenant="tenant-1"))
     assert [i.key for i in items] == ["k"]
     assert await a.delete(items) == 1  # an admin invalidation on replica a
-    await _until(lambda: _eq(b.get("k"), None), "replica b forgets the deleted entry")
+    await until(lambda: _eq(b.get("k"), None), "replica b forgets the deleted entry")
 
 
 async def test_a_replicas_own_write_and_delete_hold_at_once(replicas: tuple[RedisL1, RedisL1]) -> None:
     a, _ = replicas
+    near = a.near
+    assert near is not None
     await a.set("k", b"v1")
-    assert await a.get("k") == b"v1"
-    await a.set("k", b"v2")
-    assert await a.get("k") == b"v2"  # not the kept v1, with no wait for the invalidation
-    assert await a.delete([L1Item("k", L1Tags("t"), b"")]) == 1
+    assert await a.get("k") == b"v1" and near.get("k") == b"v1"
+    # Each step is looked at before Redis has even seen the write, so no invalidation can be
+    # what dropped the copy: the replica did, itself.
+    write = asyncio.create_task(a.set("k", b"v2"))
+    await asyncio.sleep(0)
+    assert near.get("k") is None
+    await write
+    assert await a.get("k") == b"v2" and near.get("k") == b"v2"
+    delete = asyncio.create_task(a.delete([L1Item("k", L1Tags("t"), b"")]))
+    await asyncio.sleep(0)
+    assert near.get("k") is None
+    assert await delete == 1
     assert await a.get("k") is None
 
 
@@ -90,11 +89,11 @@ async def test_expiry_and_flush_drop_the_copies(replicas: tuple[RedisL1, RedisL1
     a, b = replicas
     redis_server.client().set("reflex:l1:short", b"v", px=300)
     assert await b.get("short") == b"v"
-    await _until(lambda: _eq(b.get("short"), None), "the expired entry is gone from the copy too")
+    await until(lambda: _eq(b.get("short"), None), "the expired entry is gone from the copy too")
     await a.set("k", b"v")
     assert await b.get("k") == b"v"
     redis_server.client().flushall()
-    await _until(lambda: _eq(b.get("k"), None), "a flush empties the copy")
+    await until(lambda: _eq(b.get("k"), None), "a flush empties the copy")
 
 
 async def test_a_read_overtaken_by_an_invalidation_is_not_kept(redis_server: RedisServer) -> None:
@@ -102,9 +101,9 @@ async def test_a_read_overtaken_by_an_invalidation_is_not_kept(redis_server: Red
     replica = _replica(redis_server)
     try:
         await replica.get("warm-up")
-        near = replica._near
+        near = replica.near
         assert near is not None
-        await _until(lambda: near.live, "the listener is tracking")
+        await until(lambda: near.live, "the listener is tracking")
         token = near.reading(["k"])
         near._invalidate([b"reflex:l1:k"])  # a write landed after Redis answered the read
         near.offer("k", b"old", token)
@@ -121,12 +120,12 @@ async def test_a_copy_lives_at_most_its_max_age(redis_server: RedisServer) -> No
     replica = _replica(redis_server, max_age=0.3)
     try:
         await replica.get("warm-up")
-        await _until(lambda: replica._near is not None and replica._near.live, "the listener is tracking")
+        await until(lambda: replica.near is not None and replica.near.live, "the listener is tracking")
         await replica.set("k", b"v")
         assert await replica.get("k") == b"v"
-        assert replica._near is not None and replica._near.get("k") == b"v"
+        assert replica.near is not None and replica.near.get("k") == b"v"
         await asyncio.sleep(0.4)
-        assert replica._near.get("k") is None
+        assert replica.near.get("k") is None
     finally:
         await replica.close()
 
@@ -138,18 +137,18 @@ async def test_a_killed_tracking_connection_empties_the_copy_until_tracking_is_b
     a, b = replicas
     await a.set("k", b"v1")
     assert await b.get("k") == b"v1"
-    near = b._near
+    near = b.near
     assert near is not None
     admin = redis_server.client()
     trackers = [c["id"] for c in admin.client_list() if "t" in c["flags"]]  # flag t: CLIENT TRACKING on
     assert len(trackers) == 2  # one per replica, and only those
     for client_id in trackers:
         admin.client_kill_filter(_id=client_id)
-    await _until(lambda: not near.live, "replica b notices", timeout=5)
+    await until(lambda: not near.live, "replica b notices", timeout=5)
     assert len(near) == 0
     await a.set("k", b"v2")
     assert await b.get("k") == b"v2"
-    await _until(lambda: near.live, "tracking is back", timeout=5)
+    await until(lambda: near.live, "tracking is back", timeout=5)
 
 
 async def test_a_redis_that_refuses_client_commands_leaves_the_near_cache_off() -> None:
@@ -159,9 +158,11 @@ async def test_a_redis_that_refuses_client_commands_leaves_the_near_cache_off() 
     try:
         await replica.set("k", b"v")
         assert await replica.get("k") == b"v"
-        await asyncio.sleep(0.3)  # the listener tried, and gave up or retries
-        assert replica._near is not None and not replica._near.live
-        assert await replica.get("k") == b"v" and len(replica._near) == 0
+        near = replica.near
+        assert near is not None and near._task is not None
+        await until(near._task.done, "the listener gives up")  # for good: no retry loop against it
+        assert not near.live
+        assert await replica.get("k") == b"v" and len(near) == 0
     finally:
         await replica.close()
         server.stop()

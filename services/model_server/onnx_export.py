@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 import warnings
@@ -39,6 +40,12 @@ STALE_AFTER_S = 7 * 24 * 3600
 # decision weights, which are applied after the model).
 _GRAPH_FILES = ("config.json",)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
+# torch's TorchScript exporter keeps its state in a process-wide global (torch.onnx GLOBALS) and
+# refuses a second export while one runs ("GLOBALS.in_onnx_export must be False"). `reflex
+# serve` loads the embedder and the verifier on two threads of one process, so on a machine
+# with no cached export both exported at once and the second model failed to start. One lock
+# per process, like the state it guards; other processes write under their own temporary names.
+_EXPORT_LOCK = threading.Lock()
 
 
 def default_cache_root() -> Path:
@@ -92,7 +99,7 @@ def _export_fp32(module: torch.nn.Module, dst: Path, *, output: str, input_names
     # The exporter warns about tracing and deprecation at length on every BERT; the export is
     # checked against eager torch instead (tests/models/test_backends.py). catch_warnings is
     # process-wide for its duration: this runs once per model, at load, before serving.
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+    with _EXPORT_LOCK, torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # The TorchScript exporter (dynamo=False): it needs no onnxscript, keeps the modules'
         # names on the nodes, and its BERT graph ran faster under ONNX Runtime than the

@@ -160,3 +160,40 @@ def test_stale_cache_entries_of_the_same_model_are_pruned(tmp_path: Path, tiny_c
     CrossEncoderModel(tiny_cross_encoder_dir, settings(cache, verifier_backend="onnx").model)
     assert not stale.exists()  # same model name, unused for long: removed
     assert recent.exists() and other.exists()  # used lately, or another model: kept
+
+
+def test_two_models_exported_at_once_in_one_process(tiny_cross_encoder_dir: Path, tmp_path: Path) -> None:
+    # `reflex serve` loads the embedder and the verifier on two threads of one process, and on a
+    # new machine both export at once; torch's exporter keeps process-wide state and refused the
+    # second ("GLOBALS.in_onnx_export must be False"), so the one command failed on its first run.
+    import threading
+
+    copies = []
+    for n in range(2):
+        copy = tmp_path / f"weights-{n}"
+        copy.mkdir()
+        for item in tiny_cross_encoder_dir.iterdir():
+            if item.name != "config.json":
+                os.symlink(item, copy / item.name)
+        # other config bytes, so each copy has its own cache entry and both export
+        (copy / "config.json").write_text((tiny_cross_encoder_dir / "config.json").read_text().replace(
+            "{", f'{{"copy": {n},', 1))
+        copies.append(copy)
+    start, failures, models = threading.Barrier(len(copies)), [], []
+
+    def load(path: Path) -> None:
+        start.wait()
+        try:
+            models.append(CrossEncoderModel(path, settings(tmp_path / "cache", verifier_backend="onnx").model))
+        except Exception as exc:  # noqa: BLE001 - what the test reports
+            failures.append(exc)
+
+    threads = [threading.Thread(target=load, args=(c,)) for c in copies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not failures
+    assert len({m.encoder.path for m in models}) == 2
+    expected = run(models[0], PAIRS)
+    assert np.allclose(run(models[1], PAIRS), expected, atol=1e-5)

@@ -39,6 +39,9 @@ class ServeProcess:
             "REFLEX_PORT": str(self.port),
             "REFLEX_UPSTREAM_URL": upstream.url,
             "REFLEX_STORAGE_PATH": str(storage / "data"),
+            # an ONNX cache of its own, as on a new machine: both models export on the first
+            # start (on two threads of the one process), and a restart reads them back
+            "REFLEX_MODEL_CACHE_PATH": str(storage / "models"),
             "REFLEX_RESPONSE_FORMAT": "raw",
             "REFLEX_SHUTDOWN_GRACE_SECS": "5",
             # a loaded CI machine must not turn a slow model call into a miss

@@ -7,10 +7,12 @@ from collections import Counter
 from pathlib import Path
 
 from services.verifier.training.data import (
+    Pair,
     build_training_set,
     questions,
     read_pairs,
     split_by_question,
+    transitive_duplicates,
     write_pairs,
 )
 from services.verifier.training.generate import generate_pairs
@@ -72,3 +74,20 @@ def test_training_set_is_seeded_and_adds_generated_pairs(qqp_pairs):
     a = build_training_set(qqp, seed=5, generated=50, qqp_limit=20)
     assert a == build_training_set(qqp, seed=5, generated=50, qqp_limit=20)
     assert Counter(p.source == "qqp" for p in a) == {True: 20, False: 50}
+
+
+def test_transitive_duplicates_are_the_pairs_the_labels_imply():
+    P = Pair
+    pairs = [P("How do I learn Go?", "What's the best way to learn Go?", True),
+             P("what's the best way to learn go?", "How should a beginner learn Golang?", True),
+             P("How do I learn Go?", "How do I learn Rust?", False),
+             # a group linked only by a non-duplicate label implies nothing
+             P("How do I learn Rust?", "How do I learn Zig?", False)]
+    implied = transitive_duplicates(pairs)
+    assert [(p.a, p.b, p.duplicate, p.source) for p in implied] == [
+        ("How do I learn Go?", "How should a beginner learn Golang?", True, "qqp/transitive")]
+    # a listed pair, in either order, is never repeated; a group over the size limit adds nothing
+    assert transitive_duplicates(pairs + [P(implied[0].b, implied[0].a, False)]) == []
+    assert transitive_duplicates(pairs, max_group=2) == []
+    assert Counter(p.source for p in build_training_set(pairs, seed=1, generated=0, transitive=True)) == {
+        "qqp": 4, "qqp/transitive": 1}

@@ -108,14 +108,48 @@ def questions(pairs: Iterable[Pair]) -> set[str]:
     return {_key(q) for p in pairs for q in (p.a, p.b)}
 
 
+# A group of questions linked by duplicate labels larger than this is left out of
+# ``transitive_duplicates``: one wrong label in a large group makes many wrong pairs.
+TRANSITIVE_MAX_GROUP = 20
+
+
+def transitive_duplicates(pairs: list[Pair], max_group: int = TRANSITIVE_MAX_GROUP) -> list[Pair]:
+    """The duplicate pairs QQP implies but does not list: questions linked by duplicate labels
+    (A = B, B = C) ask one thing, so A = C too. Real rewordings by different people, which the
+    generator's templates cannot give. Only within ``pairs`` (call it on the train split: its
+    groups never reach validation), in a deterministic order."""
+    uf = _UnionFind()
+    text: dict[str, str] = {}
+    listed: set[tuple[str, str]] = set()
+    for p in pairs:
+        ka, kb = _key(p.a), _key(p.b)
+        text.setdefault(ka, p.a)
+        text.setdefault(kb, p.b)
+        listed |= {(ka, kb), (kb, ka)}
+        if p.duplicate:
+            uf.union(ka, kb)
+    groups: dict[str, list[str]] = {}
+    for k in sorted(text):
+        groups.setdefault(uf.find(k), []).append(k)
+    out = []
+    for members in groups.values():
+        if 2 < len(members) <= max_group:
+            out += [Pair(text[a], text[b], True, "qqp/transitive") for i, a in enumerate(members)
+                    for b in members[i + 1:] if (a, b) not in listed]
+    return out
+
+
 def build_training_set(
-    qqp_train: list[Pair], *, seed: int, generated: int, qqp_limit: int | None = None
+    qqp_train: list[Pair], *, seed: int, generated: int, qqp_limit: int | None = None, transitive: bool = False
 ) -> list[Pair]:
-    """QQP train (optionally a seeded subsample) plus ``generated`` synthetic pairs, shuffled."""
+    """QQP train (optionally a seeded subsample) plus ``generated`` synthetic pairs, shuffled;
+    with ``transitive``, also the duplicates QQP train implies (``transitive_duplicates``)."""
     rng = random.Random(seed)
     qqp = list(qqp_train)
     if qqp_limit is not None and qqp_limit < len(qqp):
         qqp = rng.sample(qqp, qqp_limit)
+    if transitive:
+        qqp += transitive_duplicates(qqp)
     synthetic = [Pair(g.a, g.b, g.duplicate, f"generated/{g.category}") for g in generate_pairs(generated, seed)]
     out = qqp + synthetic
     rng.shuffle(out)

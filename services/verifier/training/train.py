@@ -61,6 +61,8 @@ def _parser(settings: EvalSettings) -> argparse.ArgumentParser:
                    help="write the checkpoint every N steps, so a run cut short still leaves the model of its last "
                    "save (identical to a run with --max-steps at that step: the schedule does not depend on the end)")
     p.add_argument("--generated", type=int, default=30000, help="generated pairs added to QQP train")
+    p.add_argument("--qqp-transitive", action="store_true",
+                   help="also train on the duplicate pairs QQP train implies (A = B and B = C: A = C)")
     p.add_argument("--qqp-limit", type=int, default=None, help="use a seeded subsample of this many QQP train pairs")
     p.add_argument("--validation-fraction", type=float, default=0.1)
     p.add_argument("--write-validation", type=Path, default=None,
@@ -110,14 +112,15 @@ def train(args: argparse.Namespace) -> dict:
     if args.write_validation:
         n = write_pairs(args.write_validation, qqp_val)
         log.info("wrote %d QQP validation pairs to %s", n, args.write_validation)
-    train_set = build_training_set(qqp_train, seed=args.seed, generated=args.generated, qqp_limit=args.qqp_limit)
+    train_set = build_training_set(qqp_train, seed=args.seed, generated=args.generated, qqp_limit=args.qqp_limit,
+                                   transitive=args.qqp_transitive)
     steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
     total = math.ceil(steps_per_epoch * args.epochs)
     if args.max_steps is not None:
         total = min(total, args.max_steps)
     log.info("train pairs: %d (QQP %d, generated %d); validation pairs: %d; steps: %d",
-             len(train_set), sum(p.source == "qqp" for p in train_set),
-             sum(p.source != "qqp" for p in train_set), len(qqp_val), total)
+             len(train_set), sum(p.source.startswith("qqp") for p in train_set),
+             sum(p.source.startswith("generated") for p in train_set), len(qqp_val), total)
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -167,8 +170,9 @@ def train(args: argparse.Namespace) -> dict:
     save(model, tokenizer, args.output)
     (args.output / "training_progress.json").write_text(json.dumps({"step": step, "elapsed_secs": train_secs}) + "\n")
     return {"train_secs": train_secs, "steps": total, "train_pairs": len(train_set),
-            "qqp_train_pairs": sum(p.source == "qqp" for p in train_set),
-            "generated_pairs": sum(p.source != "qqp" for p in train_set), "validation": qqp_val}
+            "qqp_train_pairs": sum(p.source.startswith("qqp") for p in train_set),
+            "qqp_transitive_pairs": sum(p.source == "qqp/transitive" for p in train_set),
+            "generated_pairs": sum(p.source.startswith("generated") for p in train_set), "validation": qqp_val}
 
 
 def save(model, tokenizer, output: Path) -> None:

@@ -174,6 +174,11 @@ def test_the_shipped_model_card_is_what_the_template_renders_from_the_training_r
 
     write_model_card(tmp_path, json.loads((MODEL_DIR / "training_metrics.json").read_text()))
     assert (tmp_path / "MODEL_CARD.md").read_text() == (MODEL_DIR / "MODEL_CARD.md").read_text()
+    # a run on QQP's implied duplicates (--qqp-transitive) says so in its card
+    record = json.loads((MODEL_DIR / "training_metrics.json").read_text()) | {"qqp_transitive_pairs": 11260}
+    write_model_card(tmp_path, record)
+    assert f"({record['qqp_train_pairs']} QQP, 11260 of them implied by its duplicate labels," in (
+        tmp_path / "MODEL_CARD.md").read_text()
 
 
 # ---------------------------------------------------------------------- through the services

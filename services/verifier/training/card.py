@@ -141,6 +141,9 @@ def write_model_card(output: Path, record: dict[str, Any]) -> None:
         seed=record["seed"],
         train_pairs=record["train_pairs"],
         qqp_train_pairs=record["qqp_train_pairs"],
+        # a run with --qqp-transitive says how many of its QQP pairs the labels only imply
+        qqp_transitive=(f", {record['qqp_transitive_pairs']} of them implied by its duplicate labels"
+                        if record.get("qqp_transitive_pairs") else ""),
         generated_pairs=record["generated_pairs"],
         validation_pairs=m["validation_pairs"],
         table=metrics_table(m),

@@ -146,11 +146,21 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:,.0f} {unit}"
 
 
+def _spread(figure: dict[str, Any], times: str = "x") -> str:
+    """The range of a throughput figure's per-round ratios. The figure is the median round, and on
+    a shared machine the rounds of one run can differ by more than two settings do, so a reader
+    needs the range to know whether a difference between rows is real."""
+    ratios = figure["detail"].get("round_ratios") or []
+    if len(ratios) < 2:
+        return ""
+    return f" (rounds {min(ratios):.2f}-{max(ratios):.2f}{times})"
+
+
 def table(report: dict[str, Any]) -> str:
     rows = [("what", "figure", "baseline (same run)", "ratio")]
     for f in report["figures"]:
         rows.append((f["what"], _fmt(f["value"], f["unit"]), f"{f['baseline']}: {_fmt(f['baseline_value'], f['unit'])}",
-                     f"{f['ratio']:.2f}x ({f['better']} is better)"))
+                     f"{f['ratio']:.2f}x ({f['better']} is better){_spread(f)}"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -168,7 +178,7 @@ def markdown(report: dict[str, Any]) -> str:
         if "added_ms" in f["detail"]:
             extra = f" (+{f['detail']['added_ms']:.2f} ms)"
         lines.append(f"| {f['what']} | {_fmt(f['value'], f['unit'])}{extra} | {f['baseline']}, "
-                     f"{_fmt(f['baseline_value'], f['unit'])} | **{f['ratio']:.2f}×** |")
+                     f"{_fmt(f['baseline_value'], f['unit'])} | **{f['ratio']:.2f}×**{_spread(f, '×')} |")
     return "\n".join(lines)
 
 

@@ -58,8 +58,8 @@ def test_the_load_process_reports_its_clients_failures_in_the_parent() -> None:
     bench with the reason, not hang it or count the failure as throughput."""
     import asyncio
 
-    from commands.bench_models import LoadProcess
     from commands.bench_common import free_port
+    from commands.bench_models import LoadProcess
 
     async def run() -> None:
         load = LoadProcess("embed", f"127.0.0.1:{free_port()}", concurrency=2)  # nothing listens there
@@ -70,3 +70,23 @@ def test_the_load_process_reports_its_clients_failures_in_the_parent() -> None:
             await load.close()
 
     asyncio.run(run())
+
+
+def test_the_table_and_the_markdown_give_a_throughput_figure_s_round_range() -> None:
+    from commands.bench import markdown, table
+
+    def figure(key: str, ratios: list[float] | None) -> dict:
+        detail = {"round_ratios": ratios} if ratios is not None else {}
+        return {"key": key, "what": key, "value": 40.0, "unit": "req/s", "baseline": "bare aiohttp handler",
+                "baseline_value": 100.0, "better": "higher", "ratio": 0.4, "detail": detail}
+
+    report = {"figures": [figure("three_rounds", [0.35, 0.4, 0.43]), figure("one_round", [0.4]),
+                          figure("latency", None)],
+              "settings": {"embedder_backend": "torch", "verifier_backend": "torch", "device": "cpu"},
+              "machine": {"usable_cores": 2}, "quick": False}
+    md = markdown(report).splitlines()
+    assert md[2].endswith("| **0.40×** (rounds 0.35-0.43×) |")
+    assert md[3].endswith("| **0.40×** |") and md[4].endswith("| **0.40×** |")  # nothing to show for one round
+    text = table(report).splitlines()
+    assert text[2].endswith("0.40x (higher is better) (rounds 0.35-0.43x)")
+    assert text[3].endswith("0.40x (higher is better)")

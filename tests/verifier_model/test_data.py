@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from pathlib import Path
 
 from services.verifier.training.data import (
+    HANDWRITTEN_DIR,
     Pair,
     build_training_set,
     questions,
+    read_handwritten,
     read_pairs,
     split_by_question,
     transitive_duplicates,
@@ -74,6 +77,32 @@ def test_training_set_is_seeded_and_adds_generated_pairs(qqp_pairs):
     a = build_training_set(qqp, seed=5, generated=50, qqp_limit=20)
     assert a == build_training_set(qqp, seed=5, generated=50, qqp_limit=20)
     assert Counter(p.source == "qqp" for p in a) == {True: 20, False: 50}
+
+
+def test_hand_written_pairs_are_repeated_in_the_pool(qqp_pairs):
+    hand = [Pair("How do I learn Go?", "best way to pick up golang", True, "handwritten/terse")]
+    pool = build_training_set(qqp_pairs, seed=5, generated=10, qqp_limit=20, handwritten=hand, handwritten_repeat=3)
+    assert Counter(p.source for p in pool)["handwritten/terse"] == 3
+    assert len(pool) == 33
+
+
+def test_hand_written_pairs_share_no_question_with_the_held_out_sets():
+    from fow_cache.data import load_questions
+
+    pairs = read_handwritten()
+    assert len(pairs) > 1000 and {p.duplicate for p in pairs} == {True, False}
+    assert all(p.a.strip() and p.b.strip() and p.a != p.b for p in pairs)
+    # One schema for every part; the category names the kind of paraphrase or trap.
+    for path in sorted(HANDWRITTEN_DIR.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            assert set(json.loads(line)) == {"a", "b", "duplicate", "category", "group"}, path.name
+    # The development set and fow-cache are what the verifier is measured on: none of their
+    # questions (nor the seed examples the model tests assert on) may be trained on.
+    devset = [json.loads(line) for line in (HANDWRITTEN_DIR.parent / "devset.jsonl").read_text().splitlines()]
+    held_out = questions(Pair(r["a"], r["b"], r["duplicate"]) for r in devset)
+    held_out |= questions(Pair(q["a"], q["b"], bool(q["same_answer"])) for q in load_questions())
+    held_out |= {" ".join(s.lower().split()) for s in SEED_EXAMPLES}
+    assert not questions(pairs) & held_out
 
 
 def test_transitive_duplicates_are_the_pairs_the_labels_imply():

@@ -23,6 +23,9 @@ from services.verifier.training.generate import generate_pairs
 REPO_ROOT = Path(__file__).resolve().parents[3]
 # The shared data sits beside the checkout (../shared/data); never copied into the repository.
 DEFAULT_QQP_PATH = REPO_ROOT.parent / "shared" / "data" / "qqp_dev.jsonl.gz"
+# Hand-written training pairs (ours): real rewordings the generator's templates cannot give.
+# Kept apart from the development set (data/devset.jsonl), which is never trained on.
+HANDWRITTEN_DIR = Path(__file__).resolve().parent / "data" / "handwritten"
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class Pair:
     a: str
     b: str
     duplicate: bool
-    source: str = "qqp"  # "qqp" or "generated/<category>"
+    source: str = "qqp"  # "qqp", "qqp/transitive", "generated/<category>" or "handwritten/<category>"
 
 
 def _open_text(path: Path):
@@ -41,6 +44,16 @@ def read_pairs(path: Path) -> list[Pair]:
     """JSONL of {"a", "b", "duplicate"}; ``.gz`` allowed."""
     with _open_text(path) as f:
         return [Pair(str(r["a"]), str(r["b"]), bool(r["duplicate"])) for r in map(json.loads, f) if r]
+
+
+def read_handwritten(directory: Path = HANDWRITTEN_DIR) -> list[Pair]:
+    """Every ``*.jsonl`` under ``directory`` (name order): {"a", "b", "duplicate", "category", "group"}."""
+    out = []
+    for path in sorted(directory.glob("*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            out += [Pair(str(r["a"]), str(r["b"]), bool(r["duplicate"]), f"handwritten/{r['category']}")
+                    for r in map(json.loads, f) if r]
+    return out
 
 
 def write_pairs(path: Path, pairs: Iterable[Pair]) -> int:
@@ -140,10 +153,13 @@ def transitive_duplicates(pairs: list[Pair], max_group: int = TRANSITIVE_MAX_GRO
 
 
 def build_training_set(
-    qqp_train: list[Pair], *, seed: int, generated: int, qqp_limit: int | None = None, transitive: bool = False
+    qqp_train: list[Pair], *, seed: int, generated: int, qqp_limit: int | None = None, transitive: bool = False,
+    handwritten: list[Pair] = (), handwritten_repeat: int = 1,
 ) -> list[Pair]:
     """QQP train (optionally a seeded subsample) plus ``generated`` synthetic pairs, shuffled;
-    with ``transitive``, also the duplicates QQP train implies (``transitive_duplicates``)."""
+    with ``transitive``, also the duplicates QQP train implies (``transitive_duplicates``);
+    plus ``handwritten`` pairs, each ``handwritten_repeat`` times (a few thousand pairs in a pool
+    of 80,000 would otherwise weigh too little to move the model)."""
     rng = random.Random(seed)
     qqp = list(qqp_train)
     if qqp_limit is not None and qqp_limit < len(qqp):
@@ -151,7 +167,7 @@ def build_training_set(
     if transitive:
         qqp += transitive_duplicates(qqp)
     synthetic = [Pair(g.a, g.b, g.duplicate, f"generated/{g.category}") for g in generate_pairs(generated, seed)]
-    out = qqp + synthetic
+    out = qqp + synthetic + list(handwritten) * handwritten_repeat
     rng.shuffle(out)
     return out
 

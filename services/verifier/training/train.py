@@ -26,9 +26,11 @@ from reflex.settings import EvalSettings
 from services.verifier.training.card import TARGET_FALSE_HIT_RATE
 from services.verifier.training.data import (
     DEFAULT_QQP_PATH,
+    HANDWRITTEN_DIR,
     REPO_ROOT,
     batches,
     build_training_set,
+    read_handwritten,
     read_pairs,
     split_by_question,
     write_pairs,
@@ -63,6 +65,10 @@ def _parser(settings: EvalSettings) -> argparse.ArgumentParser:
     p.add_argument("--generated", type=int, default=30000, help="generated pairs added to QQP train")
     p.add_argument("--qqp-transitive", action="store_true",
                    help="also train on the duplicate pairs QQP train implies (A = B and B = C: A = C)")
+    p.add_argument("--handwritten", type=Path, default=HANDWRITTEN_DIR,
+                   help="directory of hand-written training pairs, *.jsonl (default: %(default)s)")
+    p.add_argument("--handwritten-repeat", type=int, default=0,
+                   help="times each hand-written pair is in the pool (0: none)")
     p.add_argument("--qqp-limit", type=int, default=None, help="use a seeded subsample of this many QQP train pairs")
     p.add_argument("--validation-fraction", type=float, default=0.1)
     p.add_argument("--write-validation", type=Path, default=None,
@@ -112,15 +118,18 @@ def train(args: argparse.Namespace) -> dict:
     if args.write_validation:
         n = write_pairs(args.write_validation, qqp_val)
         log.info("wrote %d QQP validation pairs to %s", n, args.write_validation)
+    handwritten = read_handwritten(args.handwritten) if args.handwritten_repeat else []
     train_set = build_training_set(qqp_train, seed=args.seed, generated=args.generated, qqp_limit=args.qqp_limit,
-                                   transitive=args.qqp_transitive)
+                                   transitive=args.qqp_transitive, handwritten=handwritten,
+                                   handwritten_repeat=args.handwritten_repeat)
     steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
     total = math.ceil(steps_per_epoch * args.epochs)
     if args.max_steps is not None:
         total = min(total, args.max_steps)
-    log.info("train pairs: %d (QQP %d, generated %d); validation pairs: %d; steps: %d",
+    log.info("train pairs: %d (QQP %d, generated %d, hand-written %d); validation pairs: %d; steps: %d",
              len(train_set), sum(p.source.startswith("qqp") for p in train_set),
-             sum(p.source.startswith("generated") for p in train_set), len(qqp_val), total)
+             sum(p.source.startswith("generated") for p in train_set),
+             sum(p.source.startswith("handwritten") for p in train_set), len(qqp_val), total)
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -172,7 +181,9 @@ def train(args: argparse.Namespace) -> dict:
     return {"train_secs": train_secs, "steps": total, "train_pairs": len(train_set),
             "qqp_train_pairs": sum(p.source.startswith("qqp") for p in train_set),
             "qqp_transitive_pairs": sum(p.source == "qqp/transitive" for p in train_set),
-            "generated_pairs": sum(p.source.startswith("generated") for p in train_set), "validation": qqp_val}
+            "generated_pairs": sum(p.source.startswith("generated") for p in train_set),
+            "handwritten_pairs": len(handwritten), "handwritten_repeat": args.handwritten_repeat if handwritten else 0,
+            "validation": qqp_val}
 
 
 def save(model, tokenizer, output: Path) -> None:

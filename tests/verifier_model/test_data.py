@@ -120,3 +120,18 @@ def test_transitive_duplicates_are_the_pairs_the_labels_imply():
     assert transitive_duplicates(pairs, max_group=2) == []
     assert Counter(p.source for p in build_training_set(pairs, seed=1, generated=0, transitive=True)) == {
         "qqp": 4, "qqp/transitive": 1}
+
+
+def test_the_combiner_fit_can_weigh_the_hand_written_pairs_as_one_source():
+    from services.verifier.training.combiner import (
+        SOURCE_WEIGHTS,
+        _weights_by_source,
+        load_handwritten,
+    )
+
+    hand = load_handwritten()
+    assert len(hand.a) == len(read_handwritten()) and hand.y.dtype == bool
+    assert {t.split("/")[0] for t in hand.tag} == {"handwritten"}
+    # each source's weights add up to its total, whatever its size
+    w = _weights_by_source([9000, 12000, 6000, len(hand.a)], (*SOURCE_WEIGHTS, 4.0))
+    assert abs(w[-len(hand.a):].sum() - 4.0) < 1e-9 and abs(w.sum() - sum(SOURCE_WEIGHTS) - 4.0) < 1e-9

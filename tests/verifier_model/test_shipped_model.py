@@ -179,6 +179,10 @@ def test_the_shipped_model_card_is_what_the_template_renders_from_the_training_r
     write_model_card(tmp_path, record)
     assert f"({record['qqp_train_pairs']} QQP, 11260 of them implied by its duplicate labels," in (
         tmp_path / "MODEL_CARD.md").read_text()
+    # and so does a run with the hand-written pairs (--handwritten-repeat)
+    write_model_card(tmp_path, record | {"handwritten_pairs": 2540, "handwritten_repeat": 4})
+    assert f"{record['generated_pairs']} generated, 10160 hand-written: 2540 pairs, each 4 times);" in (
+        tmp_path / "MODEL_CARD.md").read_text()
 
 
 # ---------------------------------------------------------------------- through the services

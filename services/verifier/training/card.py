@@ -145,6 +145,10 @@ def write_model_card(output: Path, record: dict[str, Any]) -> None:
         qqp_transitive=(f", {record['qqp_transitive_pairs']} of them implied by its duplicate labels"
                         if record.get("qqp_transitive_pairs") else ""),
         generated_pairs=record["generated_pairs"],
+        # a run with --handwritten-repeat says how many hand-written pairs, and how often each
+        handwritten=(f", {record['handwritten_pairs'] * record['handwritten_repeat']} hand-written: "
+                     f"{record['handwritten_pairs']} pairs, each {record['handwritten_repeat']} times"
+                     if record.get("handwritten_pairs") and record.get("handwritten_repeat") else ""),
         validation_pairs=m["validation_pairs"],
         table=metrics_table(m),
         pairs_per_sec=m["pairs_per_sec_scoring"],

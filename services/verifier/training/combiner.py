@@ -123,6 +123,16 @@ def load_generated(n: int, seed: int, exclude_seed: int = 13, exclude_n: int = 3
                          [f"generated/{g.category}" for g in gs], [""] * len(gs))
 
 
+def load_handwritten() -> LabelledPairs:
+    """The hand-written training pairs (data/handwritten): real rewordings and one-detail traps,
+    none sharing a question with the development set or fow-cache."""
+    from services.verifier.training.data import read_handwritten
+
+    pairs = read_handwritten()
+    return LabelledPairs([p.a for p in pairs], [p.b for p in pairs], np.array([p.duplicate for p in pairs]),
+                         [p.source for p in pairs], [""] * len(pairs))
+
+
 def load_fow() -> LabelledPairs:
     """fow-cache's 600 pairs: measured by ``report`` only, never trained or calibrated on."""
     from fow_cache.data import load_questions
@@ -539,15 +549,18 @@ def fit(args: argparse.Namespace) -> int:
     dev_val = load_devset("validation")
     gen_val = load_generated(args.generated_val, GENERATED_VAL_SEED)
     sets = {"gen_train": gen_train, "qqp_train": qqp_train, "qqp_edits": edits, "dev_val": dev_val, "gen_val": gen_val}
+    train_sets, totals = ("gen_train", "qqp_train", "qqp_edits"), SOURCE_WEIGHTS
+    if args.handwritten_weight > 0:
+        sets["handwritten"] = load_handwritten()
+        train_sets, totals = (*train_sets, "handwritten"), (*totals, args.handwritten_weight)
     x = {k: feature_matrix(v, scorer.scores(v)) for k, v in sets.items()}
     log.info("features for %s in %.0f s", {k: len(v.a) for k, v in sets.items()}, time.monotonic() - started)
 
-    train_sets = ("gen_train", "qqp_train", "qqp_edits")
     xt = np.vstack([x[k] for k in train_sets])
     yt = np.concatenate([sets[k].y for k in train_sets]).astype(float)
     mean, scale = xt.mean(0), xt.std(0)
     scale[scale < 1e-9] = 1.0
-    weights, bias = fit_logistic((xt - mean) / scale, yt, _weights_by_source([len(sets[k].a) for k in train_sets]),
+    weights, bias = fit_logistic((xt - mean) / scale, yt, _weights_by_source([len(sets[k].a) for k in train_sets], totals),
                                  l2=args.l2)
     raw = DecisionModel(FEATURES, mean, scale, weights, bias, 1.0, 0.0, 0.5, 0.0, {})
 
@@ -597,11 +610,12 @@ def fit(args: argparse.Namespace) -> int:
         "cross_encoder_sha": scorer._ce_key,
         "backend": args.backend,
         "trained_on": {"qqp_train": len(qqp_train.a), "generated_train": len(gen_train.a),
-                       "generated_seed": GENERATED_TRAIN_SEED, "qqp_edits": len(edits.a), "edits_seed": EDITS_SEED},
+                       "generated_seed": GENERATED_TRAIN_SEED, "qqp_edits": len(edits.a), "edits_seed": EDITS_SEED,
+                       "handwritten": len(sets["handwritten"].a) if "handwritten" in sets else 0},
         "calibrated_on": {"devset_validation": len(dev_val.a), "generated_validation": len(gen_val.a),
                           "generated_seed": GENERATED_VAL_SEED},
         "calibration_offset_shift": round(shift, 6),
-        "l2": args.l2, "source_weights": dict(zip(train_sets, SOURCE_WEIGHTS)), "target_false_hit_rate": args.target_fhr,
+        "l2": args.l2, "source_weights": dict(zip(train_sets, totals)), "target_false_hit_rate": args.target_fhr,
         "devset_validation_at_threshold": {"hit_rate": round(val_hit, 4), "false_hit_rate": round(val_fhr, 4)},
         "command": "python -m services.verifier.training.combiner fit " + " ".join(sys.argv[2:]),
     }
@@ -675,6 +689,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generated-train", type=int, default=9000)
     p.add_argument("--generated-val", type=int, default=3000)
     p.add_argument("--edits", type=int, default=6000, help="one-word-changed / surface-variant pairs from QQP train")
+    p.add_argument("--handwritten-weight", type=float, default=0.0,
+                   help="total weight of the hand-written training pairs in the fit, as SOURCE_WEIGHTS (0: not used)")
     p.add_argument("--l2", type=float, default=1.0)
     p.add_argument("--report-out", type=Path, default=None, help="also write the full report (JSON) here")
     p.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8", "torch-int8"),

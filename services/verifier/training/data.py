@@ -14,7 +14,7 @@ import gzip
 import hashlib
 import json
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,7 +154,7 @@ def transitive_duplicates(pairs: list[Pair], max_group: int = TRANSITIVE_MAX_GRO
 
 def build_training_set(
     qqp_train: list[Pair], *, seed: int, generated: int, qqp_limit: int | None = None, transitive: bool = False,
-    handwritten: list[Pair] = (), handwritten_repeat: int = 1,
+    handwritten: Sequence[Pair] = (), handwritten_repeat: int = 1,
 ) -> list[Pair]:
     """QQP train (optionally a seeded subsample) plus ``generated`` synthetic pairs, shuffled;
     with ``transitive``, also the duplicates QQP train implies (``transitive_duplicates``);

@@ -17,6 +17,7 @@ import random
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -126,10 +127,11 @@ def train(args: argparse.Namespace) -> dict:
     total = math.ceil(steps_per_epoch * args.epochs)
     if args.max_steps is not None:
         total = min(total, args.max_steps)
+    # pairs in the pool by source ("qqp", "generated", "handwritten"; "qqp/transitive" apart)
+    kinds = Counter(p.source.split("/")[0] for p in train_set)
+    transitive = sum(p.source == "qqp/transitive" for p in train_set)
     log.info("train pairs: %d (QQP %d, generated %d, hand-written %d); validation pairs: %d; steps: %d",
-             len(train_set), sum(p.source.startswith("qqp") for p in train_set),
-             sum(p.source.startswith("generated") for p in train_set),
-             sum(p.source.startswith("handwritten") for p in train_set), len(qqp_val), total)
+             len(train_set), kinds["qqp"], kinds["generated"], kinds["handwritten"], len(qqp_val), total)
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -179,9 +181,7 @@ def train(args: argparse.Namespace) -> dict:
     save(model, tokenizer, args.output)
     (args.output / "training_progress.json").write_text(json.dumps({"step": step, "elapsed_secs": train_secs}) + "\n")
     return {"train_secs": train_secs, "steps": total, "train_pairs": len(train_set),
-            "qqp_train_pairs": sum(p.source.startswith("qqp") for p in train_set),
-            "qqp_transitive_pairs": sum(p.source == "qqp/transitive" for p in train_set),
-            "generated_pairs": sum(p.source.startswith("generated") for p in train_set),
+            "qqp_train_pairs": kinds["qqp"], "qqp_transitive_pairs": transitive, "generated_pairs": kinds["generated"],
             "handwritten_pairs": len(handwritten), "handwritten_repeat": args.handwritten_repeat if handwritten else 0,
             "validation": qqp_val}
 

@@ -50,3 +50,25 @@ def test_max_steps_zero_only_writes_the_validation_split(tmp_path: Path, qqp_pai
     assert code == 0
     assert not out.exists()
     assert read_pairs(val_file) == split_by_question(read_pairs(qqp), 0.1)[1]
+
+
+@pytest.mark.slow  # one training step
+def test_the_training_record_counts_each_source_of_the_pool(tmp_path: Path, monkeypatch, qqp_pairs):
+    from reflex.settings import EvalSettings
+    from services.verifier.training.data import read_handwritten, transitive_duplicates
+    from services.verifier.training.train import _parser, train
+
+    qqp = tmp_path / "qqp.jsonl"
+    qqp.write_text("".join(json.dumps({"a": p.a, "b": p.b, "duplicate": p.duplicate}) + "\n" for p in qqp_pairs))
+    monkeypatch.setenv("REFLEX_DEVICE", "cpu")
+    args = _parser(EvalSettings()).parse_args([
+        "--output", str(tmp_path / "model"), "--qqp", str(qqp), "--max-steps", "1", "--batch-size", "4",
+        "--generated", "24", "--max-length", "32", "--no-eval", "--qqp-transitive", "--handwritten-repeat", "2",
+    ])
+    info = train(args)
+    train_part, _ = split_by_question(read_pairs(qqp), 0.1)
+    hand = len(read_handwritten())
+    assert info["qqp_transitive_pairs"] == len(transitive_duplicates(train_part)) > 0
+    assert info["qqp_train_pairs"] == len(train_part) + info["qqp_transitive_pairs"]
+    assert (info["generated_pairs"], info["handwritten_pairs"], info["handwritten_repeat"]) == (24, hand, 2)
+    assert info["train_pairs"] == info["qqp_train_pairs"] + 24 + 2 * hand

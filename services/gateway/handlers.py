@@ -4,21 +4,15 @@ pass-through endpoints beside them, health, readiness and metrics."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import functools
 import hmac
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
-from types import MappingProxyType
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
-from blake3 import blake3
 
 from reflex.entry import CachedEntry
 from reflex.settings import ResponseFormat
@@ -30,8 +24,10 @@ from services.gateway.errors import (
     GatewayError,
     error_response,
 )
-from services.gateway.keys import AUTHORIZATION, X_API_KEY, Credential, RequestKeys, credential_from_headers, tenant_id
-from services.gateway.protocols import ParsedRequest, ProtocolAdapter, StreamAssembly, UpstreamName
+from services.gateway.hit_format import HitAccounting
+from services.gateway.keys import AUTHORIZATION, X_API_KEY, credential_from_headers
+from services.gateway.protocols import ProtocolAdapter, StreamAssembly, UpstreamName
+from services.gateway.request_head import CacheMode, RequestHead
 from services.gateway.state import STATE, GatewayState
 from services.gateway.upstream import UpstreamReply, passed_back_headers
 
@@ -46,55 +42,6 @@ SENT_STATUS = web.RequestKey("sent_status", tuple)
 READY_CHECK_TIMEOUT_SECS = 0.8
 
 
-class CacheMode(StrEnum):
-    """What a request lets the cache do (Cache-Control, or X-Reflex-Cache)."""
-
-    LOOKUP = "lookup"  # look up, and store a fresh answer
-    REFRESH = "refresh"  # skip the lookup, store the fresh answer
-    NO_STORE = "no-store"  # neither look up nor store
-
-
-def cache_mode(headers: Mapping[str, str]) -> CacheMode:
-    reflex_header, cache_control = headers.get("X-Reflex-Cache"), headers.get("Cache-Control")
-    if reflex_header is None and cache_control is None:
-        return CacheMode.LOOKUP  # the usual request: neither header
-    reflex = (reflex_header or "").strip().lower()
-    if reflex:
-        if reflex == "bypass":
-            return CacheMode.NO_STORE
-        if reflex == "refresh":
-            return CacheMode.REFRESH
-        raise GatewayError(
-            ErrorKind.INVALID_REQUEST, "X-Reflex-Cache must be 'bypass' or 'refresh'", param="X-Reflex-Cache"
-        )
-    directives = {d.strip().lower() for d in (cache_control or "").split(",")}
-    if "no-store" in directives:
-        return CacheMode.NO_STORE
-    if "no-cache" in directives:
-        return CacheMode.REFRESH
-    return CacheMode.LOOKUP
-
-
-# A read-only dict lookup, not ResponseFormat(value): an Enum call by value costs every request
-# that sends the header 0.3 us, the lookup 0.03 us.
-_FORMATS = MappingProxyType({f.value: f for f in ResponseFormat})
-
-
-def requested_format(headers: Mapping[str, str], default: ResponseFormat) -> ResponseFormat:
-    value = headers.get("X-Reflex-Format")
-    if value is None:
-        return default
-    value = value.strip().lower()
-    if not value:
-        return default
-    found = _FORMATS.get(value)
-    if found is None:
-        raise GatewayError(
-            ErrorKind.INVALID_REQUEST, "X-Reflex-Format must be 'auto', 'tauq' or 'raw'", param="X-Reflex-Format"
-        )
-    return found
-
-
 @dataclass(slots=True)
 class ApiCall:
     """One cacheable API request on its way through the gateway: the protocol it speaks, what
@@ -105,21 +52,17 @@ class ApiCall:
     state: GatewayState
     protocol: ProtocolAdapter
     body: bytes  # forwarded upstream byte for byte
-    parsed: ParsedRequest
-    credential: Credential | None
-    keys: RequestKeys
-    mode: CacheMode
-    format: ResponseFormat
+    head: RequestHead  # what it asks: parsed body, cache mode, format, credential, keys
     lookup: Lookup
     headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def stream(self) -> bool:
-        return self.parsed.stream
+        return self.head.parsed.stream
 
     @property
     def store(self) -> bool:
-        return self.mode is not CacheMode.NO_STORE and self.parsed.cacheable
+        return self.head.mode is not CacheMode.NO_STORE and self.head.parsed.cacheable
 
     def store_answer(self, answer: dict[str, Any]) -> None:
         """Write a complete answer in the background (the caller never waits for the cache).
@@ -130,7 +73,7 @@ class ApiCall:
         if not self.store:
             return
         semantic = not self.protocol.calls_tools(answer)
-        self.state.spawn(self.state.cascade.store_answer(self.keys, answer, self.lookup, semantic=semantic))
+        self.state.spawn(self.state.cascade.store_answer(self.head.keys, answer, self.lookup, semantic=semantic))
 
 
 # ---------------------------------------------------------------------------- cacheable endpoints
@@ -154,26 +97,20 @@ async def _handle(request: web.Request, protocol: ProtocolAdapter) -> web.Stream
         raise GatewayError(
             ErrorKind.BODY_TOO_LARGE, f"request body exceeds {state.settings.http.max_body_bytes} bytes"
         ) from None
-    parsed = state.parsed_bodies.get((protocol.name, blake3(body).digest()), len(body), lambda: protocol.parse(body))
-    parsed = protocol.with_headers(parsed, request.headers)
-    if parsed.question is not None and len(parsed.question) > state.settings.l2.max_question_chars:
+    head = state.heads.read(protocol, body, request.headers)
+    parsed = head.parsed
+    if head.question_too_long:
         # a caller's input, not a backend failure: exact tier only, before any gRPC call
         state.metrics.exact_only.labels("question_too_long").inc()
-        parsed = dataclasses.replace(parsed, question=None, context_source=None)
-    mode = cache_mode(request.headers)
-    fmt = requested_format(request.headers, state.settings.cache.response_format)
-    credential = credential_from_headers(request.headers, native=_native_credential(protocol))
-    tenant = tenant_id(credential.secret if credential is not None else None)
-    keys = RequestKeys.of(tenant, parsed)
     if not parsed.cacheable:
         state.metrics.not_cached.labels(parsed.uncacheable_reason or "uncacheable").inc()
         lookup = Lookup(CacheStatus.BYPASS)
-    elif mode is CacheMode.LOOKUP:
-        lookup = await state.cascade.lookup(keys)
+    elif head.mode is CacheMode.LOOKUP:
+        lookup = await state.cascade.lookup(head.keys)
     else:
         lookup = Lookup(CacheStatus.BYPASS)
-    call = ApiCall(request, state, protocol, body, parsed, credential, keys, mode, fmt, lookup,
-                   headers={"X-Reflex-Tenant": tenant, "X-Reflex-Lookup-Ms": f"{lookup.lookup_ms:.3f}"})
+    call = ApiCall(request, state, protocol, body, head, lookup,
+                   headers={"X-Reflex-Tenant": head.keys.tenant, "X-Reflex-Lookup-Ms": f"{lookup.lookup_ms:.3f}"})
     if lookup.entry is not None:
         return await _serve_hit(call, lookup.entry)
     call.headers["X-Reflex-Status"] = lookup.status
@@ -184,47 +121,47 @@ async def _handle(request: web.Request, protocol: ProtocolAdapter) -> web.Stream
         return error_response(exc.kind, exc.message, param=exc.param, headers=call.headers, dialect=protocol.dialect)
 
 
-def _native_credential(protocol: ProtocolAdapter) -> str:
-    return X_API_KEY if protocol.upstream is UpstreamName.ANTHROPIC else AUTHORIZATION
-
-
 async def _serve_hit(call: ApiCall, entry: CachedEntry) -> web.StreamResponse:
     state, lookup, headers, protocol = call.state, call.lookup, call.headers, call.protocol
     answer = entry.completion
     if lookup.status is CacheStatus.HIT_L3:
         # The cached answer was produced for another request: present it as an answer to
         # this one (its own model name, a new id), never as a copy of someone's response.
-        answer = protocol.as_fresh_answer(answer, call.parsed)
+        answer = protocol.as_fresh_answer(answer, call.head.parsed)
         headers["X-Reflex-Similarity"] = f"{lookup.similarity:.4f}"
         headers["X-Reflex-Verifier-Score"] = f"{lookup.verifier_score:.4f}"
-    try:
-        present = functools.partial(hit_format.present_hit, protocol, answer, question=entry.question,
-                                    request=call.parsed, requested=call.format)
+    large = lookup.entry_bytes >= OFFLOAD_BYTES
+    body: bytes | None = None
+    if lookup.status is CacheStatus.HIT_L1 and not call.stream and not large:
+        # An exact hit: the same request (its head) hitting the same entry is the same bytes
+        # every time, presented and serialized once (repeats.py). The kept value holds both
+        # objects, so their ids name them for as long as it is kept.
+        _, _, body, accounting = state.hit_bodies.get(
+            (id(call.head), id(entry)), lookup.entry_bytes,
+            lambda: (call.head, entry, *_serialized(*_presented(call, answer, entry.question))))
+    elif large:
         # a large answer is copied, counted and serialized off the event loop (see OFFLOAD_BYTES)
-        served, accounting = await asyncio.to_thread(present) if lookup.entry_bytes >= OFFLOAD_BYTES else present()
-    except Exception:  # noqa: BLE001
-        # A presentation bug must not turn a good hit into a 500: serve the answer as cached.
-        log.exception("formatting a hit failed; serving it raw")
-        served = answer
-        accounting = hit_format.HitAccounting(ResponseFormat.RAW, protocol.usage_tokens(answer), 0, "format_error")
+        served, accounting = await asyncio.to_thread(_presented, call, answer, entry.question)
+    else:
+        served, accounting = _presented(call, answer, entry.question)
     state.metrics.hits.labels(lookup.status, accounting.format.value, accounting.reason).inc()
     headers["X-Reflex-Status"] = lookup.status
     headers["X-Reflex-Entry-Id"] = entry.entry_id
     headers["X-Reflex-Tokens-Saved"] = str(accounting.tokens_saved)
     headers["X-Reflex-Format-Delta"] = str(accounting.format_delta)
-    state.metrics.tokens_saved.labels(state.metrics.tenant(call.keys.tenant)).inc(max(accounting.tokens_saved, 0))
+    state.metrics.tokens_saved.labels(state.metrics.tenant(call.head.keys.tenant)).inc(max(accounting.tokens_saved, 0))
     if accounting.format_delta:
         direction = "added" if accounting.format_delta > 0 else "saved"
-        state.metrics.format_delta.labels(state.metrics.tenant(call.keys.tenant), direction).inc(
+        state.metrics.format_delta.labels(state.metrics.tenant(call.head.keys.tenant), direction).inc(
             abs(accounting.format_delta))
     if lookup.status is CacheStatus.HIT_L3:
-        state.spawn(state.cascade.promote(call.keys, entry))
-    large = lookup.entry_bytes >= OFFLOAD_BYTES
+        state.spawn(state.cascade.promote(call.head.keys, entry))
     if not call.stream:
-        body = await asyncio.to_thread(orjson.dumps, served) if large else orjson.dumps(served)
+        if body is None:
+            body = await asyncio.to_thread(orjson.dumps, served) if large else orjson.dumps(served)
         return web.Response(body=body, content_type="application/json", headers=headers)
     def events() -> bytes:
-        return b"".join(protocol.replay(served, call.parsed))
+        return b"".join(protocol.replay(served, call.head.parsed))
 
     data = await asyncio.to_thread(events) if large else events()
     response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -235,13 +172,28 @@ async def _serve_hit(call: ApiCall, entry: CachedEntry) -> web.StreamResponse:
     return response
 
 
+def _presented(call: ApiCall, answer: dict[str, Any], question: str | None) -> tuple[dict[str, Any], HitAccounting]:
+    """The answer in the format to serve, with its token accounting (hit_format.present_hit)."""
+    try:
+        return hit_format.present_hit(call.protocol, answer, question=question, request=call.head.parsed,
+                                      requested=call.head.format)
+    except Exception:  # noqa: BLE001
+        # A presentation bug must not turn a good hit into a 500: serve the answer as cached.
+        log.exception("formatting a hit failed; serving it raw")
+        return answer, HitAccounting(ResponseFormat.RAW, call.protocol.usage_tokens(answer), 0, "format_error")
+
+
+def _serialized(served: dict[str, Any], accounting: HitAccounting) -> tuple[bytes, HitAccounting]:
+    return orjson.dumps(served), accounting
+
+
 async def _forward(call: ApiCall) -> web.StreamResponse:
     """The one place a cacheable request goes upstream; the answer is relayed as it arrives."""
     started = time.perf_counter()
     protocol = call.protocol
     async with call.state.upstream.open(
         protocol.upstream, "POST", protocol.upstream_path, body=call.body, headers=call.request.headers,
-        credential=call.credential, query=call.request.query_string, stream=call.stream,
+        credential=call.head.credential, query=call.request.query_string, stream=call.stream,
     ) as reply:
         if call.stream:
             response = await _relay_stream(call, reply, started)

@@ -14,12 +14,14 @@ from typing import Any
 
 from aiohttp import web
 
+from reflex.entry import CachedEntry
 from reflex.settings import GatewaySettings
 from services.gateway.cascade import Cascade, SemanticTiers
+from services.gateway.hit_format import HitAccounting
 from services.gateway.l1 import L1Cache, RedisL1
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.protocols import ParsedRequest
 from services.gateway.repeats import ParseOnce
+from services.gateway.request_head import RequestHead, RequestHeads
 from services.gateway.upstream import Upstream
 
 log = logging.getLogger("reflex.gateway")
@@ -35,11 +37,16 @@ class GatewayState:
     cacheable_paths: frozenset[str] = frozenset()
     inflight: int = 0
     draining: bool = False
-    # exact repeats' bodies, parsed once (repeats.py), by (protocol, blake3 of the body)
-    parsed_bodies: ParseOnce[ParsedRequest] = field(default_factory=ParseOnce)
+    # what each request asks, read once per distinct body and deciding headers (request_head.py)
+    heads: RequestHeads = field(init=False)
+    # exact hits' response bodies, by (request head, entry): each pair is the same bytes every
+    # time (handlers._serve_hit); the value holds both objects, so their ids stay theirs
+    hit_bodies: ParseOnce[tuple[RequestHead, CachedEntry, bytes, HitAccounting]] = field(default_factory=ParseOnce)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
+        self.heads = RequestHeads(max_question_chars=self.settings.l2.max_question_chars,
+                                  default_format=self.settings.cache.response_format)
         self.metrics.pending_writes.set_function(lambda: len(self._background))  # read at scrape time
         near = self.cascade.l1.near if isinstance(self.cascade.l1, RedisL1) else None
         if near is not None:

@@ -1,5 +1,5 @@
-"""The L1-hit path's shortcuts: parsed bodies and entries kept for exact repeats, and the
-event loop's metrics. Each must change nothing but the cost."""
+"""The L1-hit path's shortcuts: parsed bodies, entries and exact hits' bodies kept for exact
+repeats, and the event loop's metrics. Each must change nothing but the cost."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from services.gateway.errors import ErrorKind, GatewayError
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.protocols.openai_chat import ChatCompletions
 from services.gateway.repeats import ParseOnce
+from tests.gateway.conftest import RunningGateway
 
 BODY = b'{"model": "m", "messages": [{"role": "user", "content": "What is the capital of France?"}]}'
 
@@ -50,6 +51,28 @@ def test_large_inputs_are_parsed_every_time_and_the_budget_evicts_the_oldest() -
     kept.get("c", 100, object)  # 300 bytes > 250: "a", the least recently used, goes
     assert kept.get("b", 100, object) is values["b"]
     assert kept.get("a", 100, object) is not values["a"]
+
+
+def _hit(gateway: RunningGateway, content: str, **headers: str) -> tuple[str, bytes]:
+    raw = gateway.sync_client().chat.completions.with_raw_response.create(
+        model="fake-model", messages=[{"role": "user", "content": content}], extra_headers=headers)
+    return raw.headers["x-reflex-status"], raw.content
+
+
+def test_an_exact_hits_kept_body_follows_its_entry(gateway: RunningGateway) -> None:
+    _hit(gateway, "seed")
+    gateway.flush()
+    first, again = _hit(gateway, "seed"), _hit(gateway, "seed")
+    assert first[0] == again[0] == "hit-l1-exact" and again[1] == first[1] and b"Answer #1 to: seed" in first[1]
+    assert len(gateway.state.hit_bodies) == 1
+    # another format is another head: its own body, presented for it
+    tauq = _hit(gateway, "seed", **{"X-Reflex-Format": "tauq"})
+    assert tauq[0] == "hit-l1-exact" and tauq[1] != first[1]
+    # the entry is replaced: the same request now gets the new entry's body, never the kept one
+    _hit(gateway, "seed", **{"X-Reflex-Cache": "refresh"})
+    gateway.flush()
+    status, body = _hit(gateway, "seed")
+    assert status == "hit-l1-exact" and b"Answer #2 to: seed" in body and b"Answer #1" not in body
 
 
 def _families(metrics: GatewayMetrics) -> dict[str, object]:

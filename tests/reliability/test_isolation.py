@@ -40,7 +40,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from reflex.settings import GatewaySettings
-from services.gateway import handlers
+from services.gateway import request_head
 from services.gateway.l2 import open_l2_store
 from services.gateway.main import GatewayServer
 from tests.gateway.test_cascade import DIM, ControlledEmbedder, ControlledVerifier
@@ -298,7 +298,7 @@ def test_no_request_is_served_another_credentials_entry(harness: Harness) -> Non
 
 def test_the_property_fails_when_tenants_are_merged(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     # every credential filed under one tenant: the property must catch it
-    monkeypatch.setattr(handlers, "tenant_id", lambda secret: "everyone")
+    monkeypatch.setattr(request_head, "tenant_id", lambda secret: "everyone")
     with pytest.raises(AssertionError, match="was served call"):
         run_property(harness, max_examples=60, phases=(Phase.generate,))
 

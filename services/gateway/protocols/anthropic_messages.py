@@ -494,6 +494,7 @@ class AnthropicMessages(ProtocolAdapter):
     upstream = UpstreamName.ANTHROPIC
     upstream_path = "/v1/messages"
     dialect = ErrorDialect.ANTHROPIC
+    answer_header_names = ("anthropic-version", "anthropic-beta")
 
     def parse(self, body: bytes) -> ParsedRequest:
         request = decode_json_object(body)

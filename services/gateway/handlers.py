@@ -25,9 +25,9 @@ from services.gateway.errors import (
     error_response,
 )
 from services.gateway.hit_format import HitAccounting
-from services.gateway.keys import AUTHORIZATION, X_API_KEY, credential_from_headers
+from services.gateway.keys import credential_from_headers
 from services.gateway.protocols import ProtocolAdapter, StreamAssembly, UpstreamName
-from services.gateway.request_head import CacheMode, RequestHead
+from services.gateway.request_head import CacheMode, RequestHead, native_credential
 from services.gateway.state import STATE, GatewayState
 from services.gateway.upstream import UpstreamReply, passed_back_headers
 
@@ -138,7 +138,7 @@ async def _serve_hit(call: ApiCall, entry: CachedEntry) -> web.StreamResponse:
         # objects, so their ids name them for as long as it is kept.
         _, _, body, accounting = state.hit_bodies.get(
             (id(call.head), id(entry)), lookup.entry_bytes,
-            lambda: (call.head, entry, *_serialized(*_presented(call, answer, entry.question))))
+            lambda: (call.head, entry, *_exact_hit_body(call, answer, entry.question)))
     elif large:
         # a large answer is copied, counted and serialized off the event loop (see OFFLOAD_BYTES)
         served, accounting = await asyncio.to_thread(_presented, call, answer, entry.question)
@@ -183,7 +183,9 @@ def _presented(call: ApiCall, answer: dict[str, Any], question: str | None) -> t
         return answer, HitAccounting(ResponseFormat.RAW, call.protocol.usage_tokens(answer), 0, "format_error")
 
 
-def _serialized(served: dict[str, Any], accounting: HitAccounting) -> tuple[bytes, HitAccounting]:
+def _exact_hit_body(call: ApiCall, answer: dict[str, Any], question: str | None) -> tuple[bytes, HitAccounting]:
+    """An exact hit's response body and accounting, as kept for its repeats (_serve_hit)."""
+    served, accounting = _presented(call, answer, question)
     return orjson.dumps(served), accounting
 
 
@@ -344,7 +346,7 @@ def _store_stream(call: ApiCall, assembler: StreamAssembly) -> None:
 def passthrough(provider: UpstreamName, upstream_prefix: str, dialect: ErrorDialect):  # type: ignore[no-untyped-def]
     """A handler that relays any method on a path below ``upstream_prefix`` to ``provider``
     untouched and never caches it (count_tokens, stored responses, model lists, ...)."""
-    native = X_API_KEY if provider is UpstreamName.ANTHROPIC else AUTHORIZATION
+    native = native_credential(provider)
 
     async def relay(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]

@@ -1,21 +1,22 @@
 """What exact repeats would parse again, parsed once.
 
 An exact repeat is what an L1 hit usually is: an SDK or a script sending the same bytes, and
-the cache answering with the same entry. Parsing is a pure function of the bytes, so both
-parses are kept in small LRUs (``ParseOnce``), one per app:
+the cache answering with the same entry. Each of these is a pure function of its inputs, so
+each is kept in a small LRU (``ParseOnce``) of its own, per app:
 
 - request bodies, and the heads read from them and the deciding headers (request_head.py):
   validating, canonicalizing and keying a small chat request is about 11 us of the gateway's
   55 us of own work on an L1 hit (timeit), and the credential, tenant hash and exact key a few
   more;
-- cache entries (cascade): decoding a hit's entry, 2.6 us for a small one.
+- cache entries (cascade): decoding a hit's entry, 2.6 us for a small one;
+- exact hits' response bodies, by (request head, entry) (handlers): presenting and serializing.
 
 A kept value is shared by every request that sent (or hit) the same bytes, so nothing may
 modify it after parsing. Nothing does: a ParsedRequest is changed only through
 dataclasses.replace, a RequestHead is frozen, and an answer is deep-copied before it is
-rewritten (hit_format, as_fresh_answer). Only small inputs are kept, within a byte budget: a large one (a coding
-agent's 80 KB request) rarely repeats byte for byte, since per-run ids differ, and its parsed
-form takes several times its size in memory. Parse errors are not kept; they are raised again.
+rewritten (hit_format, as_fresh_answer). Only small inputs are kept, within a byte budget: a
+large one (a coding agent's 80 KB request) rarely repeats byte for byte, since per-run ids
+differ, and its parsed form takes several times its size in memory. Parse errors are not kept; they are raised again.
 """
 
 from __future__ import annotations

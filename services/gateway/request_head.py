@@ -25,14 +25,7 @@ from multidict import CIMultiDict
 
 from reflex.settings import ResponseFormat
 from services.gateway.errors import ErrorKind, GatewayError
-from services.gateway.keys import (
-    AUTHORIZATION,
-    X_API_KEY,
-    Credential,
-    RequestKeys,
-    credential_from_headers,
-    tenant_id,
-)
+from services.gateway.keys import AUTHORIZATION, X_API_KEY, Credential, RequestKeys, credential_from_headers, tenant_id
 from services.gateway.protocols import ParsedRequest, ProtocolAdapter, UpstreamName
 from services.gateway.repeats import ParseOnce
 
@@ -89,9 +82,9 @@ def requested_format(headers: Mapping[str, str], default: ResponseFormat) -> Res
     return found
 
 
-def native_credential(protocol: ProtocolAdapter) -> str:
-    """The credential header a protocol's own clients send (it wins when both are sent)."""
-    return X_API_KEY if protocol.upstream is UpstreamName.ANTHROPIC else AUTHORIZATION
+def native_credential(provider: UpstreamName) -> str:
+    """The credential header a provider's own clients send (it wins when both are sent)."""
+    return X_API_KEY if provider is UpstreamName.ANTHROPIC else AUTHORIZATION
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +141,6 @@ class RequestHeads:
             parsed = dataclasses.replace(parsed, question=None, context_source=None)
         mode = cache_mode(headers)
         fmt = requested_format(headers, self._default_format)
-        credential = credential_from_headers(headers, native=native_credential(protocol))
+        credential = credential_from_headers(headers, native=native_credential(protocol.upstream))
         tenant = tenant_id(credential.secret if credential is not None else None)
         return RequestHead(parsed, too_long, mode, fmt, credential, RequestKeys.of(tenant, parsed))

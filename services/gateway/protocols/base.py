@@ -143,7 +143,7 @@ class ProtocolAdapter(abc.ABC):
     upstream: UpstreamName
     upstream_path: str  # appended to the provider's base URL
     dialect: ErrorDialect  # the error envelope its clients read
-    # the request headers answer_headers reads (it is given only these: see handlers.read_head)
+    # the request headers answer_headers reads (it is given only these: request_head.RequestHeads)
     answer_header_names: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ requests

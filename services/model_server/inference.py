@@ -7,9 +7,10 @@ last hidden state, the verifier the logits). ``build_encoder`` wraps that module
 * ``torch``: eager torch, fp32 on CPU, bf16/fp16 on CUDA. The reference.
 * ``torch-int8``: ``torch.ao.quantization.quantize_dynamic`` on every Linear layer (int8
   weights per output channel, activations quantized per batch). CPU only.
-* ``onnx``: the same fp32 weights exported once to ONNX and run by ONNX Runtime, whose fused
-  kernels beat eager torch on a CPU at no cost in accuracy (1e-5).
-* ``onnx-int8``: that export quantized by ``onnxruntime.quantization.quantize_dynamic`` (int8
+* ``onnx``: the same fp32 weights exported once to ONNX (with eager attention) and fused by
+  ONNX Runtime's transformer optimizer (one Attention node per layer), whose kernels beat
+  eager torch on a CPU at no cost in accuracy (1e-5).
+* ``onnx-int8``: the unfused export quantized by ``onnxruntime.quantization.quantize_dynamic`` (int8
   weights per output channel, activations per batch), the fastest on a CPU.
 
 int8 moves the scores a little, so the default backend is chosen by ``reflex eval`` (README,

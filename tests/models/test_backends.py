@@ -109,6 +109,26 @@ def test_onnx_export_is_cached_per_weights(cache_dir: Path, tiny_cross_encoder_d
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.parametrize("which", ["embedder", "verifier"])
+def test_the_fp32_backend_runs_the_fused_graph(cache_dir: Path, tiny_cross_encoder_dir: Path, which: str) -> None:
+    """`onnx` serves ONNX Runtime's fused BERT graph (one Attention node per layer, exported with
+    eager attention), which the match tests above hold to torch's outputs; the export keeps the
+    module's own attention for torch, and int8 quantizes the unfused export."""
+    import onnx
+
+    build = (lambda b: EmbeddingModel(default_model_path(), settings(cache_dir, embedder_backend=b).model)) \
+        if which == "embedder" else \
+        (lambda b: CrossEncoderModel(tiny_cross_encoder_dir, settings(cache_dir, verifier_backend=b).model))
+    model = build("onnx")
+    assert isinstance(model.encoder, OnnxEncoder) and model.encoder.path.name == "model.fused.onnx"
+    ops = [n.op_type for n in onnx.load(str(model.encoder.path)).graph.node]
+    assert ops.count("Attention") == model.model.config.num_hidden_layers
+    assert model.model.config._attn_implementation == "sdpa"  # put back after the export
+    int8 = build("onnx-int8").encoder
+    assert isinstance(int8, OnnxEncoder) and int8.path.name == "model.int8.onnx"
+    assert "Attention" not in {n.op_type for n in onnx.load(str(int8.path)).graph.node}
+
+
 def test_an_unwritable_cache_falls_back_to_a_temporary_directory(tiny_cross_encoder_dir: Path, tmp_path: Path) -> None:
     blocked = tmp_path / "file-not-dir"
     blocked.write_text("")

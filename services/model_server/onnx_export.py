@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import blake3
+import numpy as np
 import torch
 
 log = logging.getLogger("reflex.onnx")
@@ -33,6 +34,9 @@ log = logging.getLogger("reflex.onnx")
 RECIPE_VERSION = 2
 # The opset of the TorchScript exporter's BERT graphs; ONNX Runtime >= 1.16 runs it.
 OPSET = 17
+# How far the fused graph's outputs may move from the export's before the export is served
+# instead: fp32 fusions moved MiniLM's by 2-6e-6 (a cosine or a logit moves less than that).
+FUSED_RTOL, FUSED_ATOL = 1e-3, 1e-4
 # Entries of the same model directory name not used for this long are deleted when another is
 # written: retraining a checkpoint makes a new entry (~110 MB with both files) each time, and
 # nothing else would ever remove the old ones. A week keeps what any running replica still uses.
@@ -141,12 +145,17 @@ class _OnnxRuntimeChatter(logging.Filter):
         return "onnxruntime" not in record.pathname or record.levelno >= logging.ERROR
 
 
-def _fuse(src: Path, dst: Path, *, num_heads: int, hidden_size: int) -> None:
+def _fuse(src: Path, dst: Path, *, num_heads: int, hidden_size: int, example: dict[str, np.ndarray]) -> None:
     """ONNX Runtime's BERT fusions (embedding + LayerNorm, Attention, SkipLayerNorm, BiasGelu) on
     the export, in fp32: the outputs stay those of torch (the tests hold them to 1e-4; measured
-    2-5e-6), with a tenth of the nodes. At batch 1, where a CPU forward is mostly per-node
+    2-6e-6), with a tenth of the nodes. At batch 1, where a CPU forward is mostly per-node
     overhead, one MiniLM query took 0.78-0.90x the unfused graph's time back to back on two
-    machines; a 32-row batch 0.91-1.13x (README, Performance). An architecture the fusions do not know is saved as it came (a warning)."""
+    machines; a 32-row batch 0.91-1.13x (README, Performance).
+
+    The fusions match patterns, and a pattern matched on an architecture they were not written
+    for (or with the wrong head count) would compute something else without an error. So the
+    fused graph must give the export's outputs on ``example`` (a padded batch), or the export
+    itself is saved in its place, with a warning: slower, never wrong."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     chatter = _OnnxRuntimeChatter()
@@ -158,11 +167,26 @@ def _fuse(src: Path, dst: Path, *, num_heads: int, hidden_size: int) -> None:
     finally:
         logging.getLogger().removeFilter(chatter)
     made = {op: n for op, n in fused.get_fused_operator_statistics().items() if n}
-    if not made.get("Attention"):
-        log.warning("ONNX Runtime fused no attention in %s (%s): running it with its nodes as exported", src, made)
+    fused.save_model_to_file(str(dst))
+    want, got = _run(src, example), _run(dst, example)
+    if want.shape != got.shape or not np.allclose(got, want, rtol=FUSED_RTOL, atol=FUSED_ATOL):
+        worst = float(np.abs(got - want).max()) if want.shape == got.shape else float("inf")
+        log.warning("ONNX Runtime's fusions changed the outputs of %s (by up to %.3g; fused %s): "
+                    "serving the unfused export", src, worst, made)
+        shutil.copyfile(src, dst)
+    elif not made.get("Attention"):
+        log.warning("ONNX Runtime fused no attention in %s (fused %s): its attention runs as exported", src, made)
     else:
         log.info("fused %s: %s", src, made)
-    fused.save_model_to_file(str(dst))
+
+
+def _run(path: Path, example: dict[str, np.ndarray]) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # An input the model never reads (token_type_ids with no type embeddings) is not in the graph.
+    (out,) = session.run(None, {i.name: example[i.name] for i in session.get_inputs()})
+    return np.asarray(out, dtype=np.float32)
 
 
 def _quantize_int8(src: Path, dst: Path) -> None:
@@ -249,7 +273,8 @@ def exported_model(
             config = getattr(module, "config", None)
             # 0 lets the optimizer read them off the graph
             heads, hidden = getattr(config, "num_attention_heads", 0), getattr(config, "hidden_size", 0)
-            _atomic(fused, lambda tmp: _fuse(fp32, tmp, num_heads=heads, hidden_size=hidden))
+            example = {name: t.numpy() for name, t in zip(input_names, _example(input_names, pad_id), strict=True)}
+            _atomic(fused, lambda tmp: _fuse(fp32, tmp, num_heads=heads, hidden_size=hidden, example=example))
         return fused
     if not int8.is_file():
         log.info("quantizing %s to int8", fp32)

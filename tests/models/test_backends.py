@@ -23,7 +23,7 @@ from services.model_server.inference import (
     OnnxEncoder,
     TorchEncoder,
 )
-from services.model_server.onnx_export import cache_key
+from services.model_server.onnx_export import _example, _fuse, cache_key
 from services.verifier.cross_encoder import CrossEncoderModel
 from tests.support.models import cosine
 
@@ -127,6 +127,28 @@ def test_the_fp32_backend_runs_the_fused_graph(cache_dir: Path, tiny_cross_encod
     int8 = build("onnx-int8").encoder
     assert isinstance(int8, OnnxEncoder) and int8.path.name == "model.int8.onnx"
     assert "Attention" not in {n.op_type for n in onnx.load(str(int8.path)).graph.node}
+
+
+def test_fusions_that_change_the_outputs_are_not_served(cache_dir: Path, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A fused graph that computes something else is caught against the export's outputs, and
+    the export is served instead. Here the Attention fusion is told 24 heads of a 768 hidden
+    size where MiniLM has 12 of 384: ONNX Runtime only warns, fuses every layer, and the
+    outputs move by several units (a wrong head count with the right hidden size it refuses)."""
+    import onnx
+    import onnxruntime as ort
+
+    model = EmbeddingModel(default_model_path(), settings(cache_dir, embedder_backend="onnx").model)
+    export = model.encoder.path.with_name("model.onnx")
+    names = [i.name for i in ort.InferenceSession(str(export), providers=["CPUExecutionProvider"]).get_inputs()]
+    example = {name: t.numpy() for name, t in zip(names, _example(names, pad_id=0), strict=True)}
+    good, bad = tmp_path / "good.onnx", tmp_path / "bad.onnx"
+    _fuse(export, good, num_heads=12, hidden_size=384, example=example)
+    assert [n.op_type for n in onnx.load(str(good)).graph.node].count("Attention") == 6
+    with caplog.at_level("WARNING", logger="reflex.onnx"):
+        _fuse(export, bad, num_heads=24, hidden_size=768, example=example)
+    assert "changed the outputs" in caplog.text
+    assert bad.read_bytes() == export.read_bytes()
 
 
 def test_an_unwritable_cache_falls_back_to_a_temporary_directory(tiny_cross_encoder_dir: Path, tmp_path: Path) -> None:

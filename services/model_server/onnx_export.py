@@ -137,12 +137,28 @@ def _export_fp32(module: torch.nn.Module, dst: Path, *, output: str, input_names
 
 
 class _OnnxRuntimeChatter(logging.Filter):
-    """Drops the quantizer's and the fusions' per-tensor INFO lines and the quantizer's generic
-    pre-processing advice, which they log on the root logger itself (a filter there sees only
-    records logged to the root directly, never those of named loggers passing through it)."""
+    """Drops what ONNX Runtime's quantizer and transformer fusions log below ERROR: per-tensor
+    and per-fusion INFO lines and generic advice, once per model load."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "onnxruntime" not in record.pathname or record.levelno >= logging.ERROR
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime() -> Iterator[None]:
+    # The quantizer logs on the root logger itself, the fusions on loggers of their own module
+    # names ("fusion_base", "onnx_model"): a filter on the root logger sees only the former,
+    # its handlers' filters see both. Our own summary line (reflex.onnx) says what was done.
+    root = logging.getLogger()
+    chatter = _OnnxRuntimeChatter()
+    targets = [root, *root.handlers]
+    for target in targets:
+        target.addFilter(chatter)
+    try:
+        yield
+    finally:
+        for target in targets:
+            target.removeFilter(chatter)
 
 
 def _fuse(src: Path, dst: Path, *, num_heads: int, hidden_size: int, example: dict[str, np.ndarray]) -> None:
@@ -158,16 +174,12 @@ def _fuse(src: Path, dst: Path, *, num_heads: int, hidden_size: int, example: di
     itself is saved in its place, with a warning: slower, never wrong."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    chatter = _OnnxRuntimeChatter()
-    logging.getLogger().addFilter(chatter)
-    try:
-        # opt_level=0: only the fusions, in Python; ONNX Runtime's own graph optimizations run
-        # when the session loads (OnnxEncoder), for the machine it runs on.
+    # opt_level=0: only the fusions, in Python; ONNX Runtime's own graph optimizations run when
+    # the session loads (OnnxEncoder), for the machine it runs on.
+    with _quiet_onnxruntime():
         fused = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0)
-    finally:
-        logging.getLogger().removeFilter(chatter)
-    made = {op: n for op, n in fused.get_fused_operator_statistics().items() if n}
-    fused.save_model_to_file(str(dst))
+        made = {op: n for op, n in fused.get_fused_operator_statistics().items() if n}
+        fused.save_model_to_file(str(dst))
     want, got = _run(src, example), _run(dst, example)
     if want.shape != got.shape or not np.allclose(got, want, rtol=FUSED_RTOL, atol=FUSED_ATOL):
         worst = float(np.abs(got - want).max()) if want.shape == got.shape else float("inf")
@@ -192,17 +204,13 @@ def _run(path: Path, example: dict[str, np.ndarray]) -> np.ndarray:
 def _quantize_int8(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    chatter = _OnnxRuntimeChatter()
-    logging.getLogger().addFilter(chatter)
-    try:
-        # Weights int8 per output channel (per tensor moved the shipped verifier's
-        # probabilities by up to 0.52, per channel by 0.25, on 300 QQP pairs); activations are
-        # quantized per batch at run time. Only MatMuls against constant weights are
-        # quantized, never activation x activation products (attention scores).
+    # Weights int8 per output channel (per tensor moved the shipped verifier's probabilities by
+    # up to 0.52, per channel by 0.25, on 300 QQP pairs); activations are quantized per batch at
+    # run time. Only MatMuls against constant weights are quantized, never activation x
+    # activation products (attention scores).
+    with _quiet_onnxruntime():
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
                          extra_options={"MatMulConstBOnly": True})
-    finally:
-        logging.getLogger().removeFilter(chatter)
 
 
 def _writable(root: Path) -> Path:

@@ -260,7 +260,8 @@ def exported_model(
     """The ONNX file for ``module`` (fp32 fused, or int8 when ``quantize``), exported on a cache miss.
 
     int8 quantizes the export itself, not the fused graph, so its quantized MatMuls are those
-    the int8 decision model (``decision.onnx-int8.json``) was fitted on. (Exporting with eager
+    the int8 decision model (``decision.onnx-int8.json``) was fitted on (quantized after the
+    fusions, into QAttention, it ran 1.05-1.20x slower at 5-32 rows, README, Performance). (Exporting with eager
     attention moved the shipped verifier's int8 logits by 0.02 on average, 0.19 at most, on 200
     development-set pairs: a tenth of what int8's per-batch activation scales move them when
     the same pairs are batched 7 instead of 16 at a time, 0.27 and 1.66.)"""

@@ -589,24 +589,25 @@ class ModelSettings(SettingsGroup):
     embedder_backend: str = Field(
         "onnx",
         pattern=r"^(torch|torch-int8|onnx|onnx-int8)$",
-        description="How the embedder runs on a CPU: 'onnx' (the fp32 weights through ONNX Runtime, fused by its "
-        "transformer optimizer: equal to torch within 1e-5, about 2x faster), 'torch' (fp32 eager), 'onnx-int8' / 'torch-int8' (dynamic int8 "
-        "quantization of the linear layers: 3x / 1.4x faster than torch, but vectors move by up to 0.03 in "
-        "cosine and depend slightly on their batch-mates). The default is the fastest whose `reflex eval` "
-        "matched fp32 within the stated tolerance (no more false hits on any set, hits within 1 point): "
-        "onnx-int8 here served no more false hits but 2.6 points fewer of the devset's paraphrases, for a "
-        "0.7x L3 hit (README, Performance). The verifier's decision model reads the cosine: with onnx-int8 "
-        "for both, the verifier serves decision.onnx-int8.json, fitted on int8 cosines and logits. ONNX "
-        "files are exported once and cached (REFLEX_MODEL_CACHE_PATH). On CUDA the models always run in torch.",
+        description="How the embedder runs on a CPU: 'onnx' (the fp32 weights through ONNX Runtime, fused by "
+        "its transformer optimizer: equal to torch within 1e-5, about 2.5x faster), 'torch' (fp32 eager), "
+        "'onnx-int8' / 'torch-int8' (dynamic int8 quantization of the linear layers: about 4x / 1.7x faster "
+        "than torch, but vectors move by up to 0.03 in cosine and depend slightly on their batch-mates). The "
+        "default is the fastest whose `reflex eval` matched fp32 within the stated tolerance (no more false hits "
+        "on any set, hits within 1 point): onnx-int8 here served no more false hits but 2.6 points fewer of the "
+        "devset's paraphrases, for a 0.7x L3 hit (README, Performance). The verifier's decision model reads the "
+        "cosine: with onnx-int8 for both, the verifier serves decision.onnx-int8.json, fitted on int8 cosines "
+        "and logits. ONNX files are exported once and cached (REFLEX_MODEL_CACHE_PATH). On CUDA the models "
+        "always run in torch.",
     )
     verifier_backend: str = Field(
         "onnx",
         pattern=r"^(torch|torch-int8|onnx|onnx-int8)$",
         description="How the verifier runs on a CPU; the same choices as REFLEX_EMBEDDER_BACKEND ('onnx' is "
-        "about 2.2x faster than 'torch' per Score call). 'onnx-int8' is about 1.5x faster than 'onnx' and "
+        "1.25-1.7x faster than 'torch' per Score of 5 pairs). 'onnx-int8' is about 1.7x faster than 'onnx' and "
         "serves its own decision model (decision.onnx-int8.json, fitted on int8 scores, same threshold); its "
-        "`reflex eval` served more false hits than fp32 on QQP validation (+1 point) and one more trap of the "
-        "hand-written test set (README, Performance), so the default keeps fp32 weights.",
+        "`reflex eval` served more false hits than fp32 on QQP validation (+0.9 to +1.2 points) and one more "
+        "trap of the hand-written test set (README, Performance), so the default keeps fp32 weights.",
     )
     model_cache_path: Path | None = Field(
         None,

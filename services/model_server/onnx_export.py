@@ -38,7 +38,7 @@ OPSET = 17
 # instead: fp32 fusions moved MiniLM's by 2-6e-6 (a cosine or a logit moves less than that).
 FUSED_RTOL, FUSED_ATOL = 1e-3, 1e-4
 # Entries of the same model directory name not used for this long are deleted when another is
-# written: retraining a checkpoint makes a new entry (~110 MB with both files) each time, and
+# written: retraining a checkpoint makes a new entry (~200 MB with its three files) each time, and
 # nothing else would ever remove the old ones. A week keeps what any running replica still uses.
 STALE_AFTER_S = 7 * 24 * 3600
 # Files of a model directory that decide the exported graph: the architecture and the weights
@@ -260,11 +260,11 @@ def exported_model(
     """The ONNX file for ``module`` (fp32 fused, or int8 when ``quantize``), exported on a cache miss.
 
     int8 quantizes the export itself, not the fused graph, so its quantized MatMuls are those
-    the int8 decision model (``decision.onnx-int8.json``) was fitted on (quantized after the
-    fusions, into QAttention, it ran 1.05-1.20x slower at 5-32 rows, README, Performance). (Exporting with eager
-    attention moved the shipped verifier's int8 logits by 0.02 on average, 0.19 at most, on 200
-    development-set pairs: a tenth of what int8's per-batch activation scales move them when
-    the same pairs are batched 7 instead of 16 at a time, 0.27 and 1.66.)"""
+    the int8 decision model (``decision.onnx-int8.json``) was fitted on; quantized after the
+    fusions (into QAttention) it ran 1.05-1.20x slower at 5-32 rows (README, Performance).
+    Exporting with eager attention moved the shipped verifier's int8 logits by 0.02 on average,
+    0.19 at most, on 200 development-set pairs: a tenth of what int8's per-batch activation
+    scales move them when the same pairs are batched 7 instead of 16 at a time, 0.27 and 1.66."""
     key = cache_key(source, output=output, input_names=input_names)
     entry = _writable(cache_path or default_cache_root()) / f"{source.name}-{key}"
     fresh = not entry.is_dir()

@@ -161,7 +161,7 @@ def _quiet_onnxruntime() -> Iterator[None]:
             target.removeFilter(chatter)
 
 
-def _fuse(src: Path, dst: Path, *, num_heads: int, hidden_size: int, example: dict[str, np.ndarray]) -> None:
+def _fuse(src: Path, dst: Path, *, num_heads: int, hidden_size: int, input_names: Sequence[str], pad_id: int) -> None:
     """ONNX Runtime's BERT fusions (embedding + LayerNorm, Attention, SkipLayerNorm, BiasGelu) on
     the export, in fp32: the outputs stay those of torch (the tests hold them to 1e-4; measured
     2-6e-6), with a tenth of the nodes. At batch 1, where a CPU forward is mostly per-node
@@ -170,8 +170,8 @@ def _fuse(src: Path, dst: Path, *, num_heads: int, hidden_size: int, example: di
 
     The fusions match patterns, and a pattern matched on an architecture they were not written
     for (or with the wrong head count) would compute something else without an error. So the
-    fused graph must give the export's outputs on ``example`` (a padded batch), or the export
-    itself is saved in its place, with a warning: slower, never wrong."""
+    fused graph must give the export's outputs on the export's own example batch (one row
+    padded), or the export itself is saved in its place, with a warning: slower, never wrong."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     # opt_level=0: only the fusions, in Python; ONNX Runtime's own graph optimizations run when
@@ -180,6 +180,7 @@ def _fuse(src: Path, dst: Path, *, num_heads: int, hidden_size: int, example: di
         fused = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0)
         made = {op: n for op, n in fused.get_fused_operator_statistics().items() if n}
         fused.save_model_to_file(str(dst))
+    example = {name: t.numpy() for name, t in zip(input_names, _example(input_names, pad_id), strict=True)}
     want, got = _run(src, example), _run(dst, example)
     if want.shape != got.shape or not np.allclose(got, want, rtol=FUSED_RTOL, atol=FUSED_ATOL):
         worst = float(np.abs(got - want).max()) if want.shape == got.shape else float("inf")
@@ -282,8 +283,8 @@ def exported_model(
             config = getattr(module, "config", None)
             # 0 lets the optimizer read them off the graph
             heads, hidden = getattr(config, "num_attention_heads", 0), getattr(config, "hidden_size", 0)
-            example = {name: t.numpy() for name, t in zip(input_names, _example(input_names, pad_id), strict=True)}
-            _atomic(fused, lambda tmp: _fuse(fp32, tmp, num_heads=heads, hidden_size=hidden, example=example))
+            _atomic(fused, lambda tmp: _fuse(fp32, tmp, num_heads=heads, hidden_size=hidden,
+                                             input_names=input_names, pad_id=pad_id))
         return fused
     if not int8.is_file():
         log.info("quantizing %s to int8", fp32)

@@ -9,24 +9,27 @@ gateway, ``reflex serve``), so none shares a GIL with this client or the load ge
   L1-hit throughput against a bare aiohttp handler, both driven by ``wrk`` when it is installed,
   else by an aiohttp load loop in a process of its own.
 * **Semantic** (``reflex serve`` with its real embedder, verifier and Qdrant Edge): a tenant
-  stores a few questions, then, taking turns: an L3-verified hit (a reworded stored question),
-  a miss that had candidates to verify (the same how-to in a language none of the stored
-  questions names: its stored siblings pass the default cosine floor, and the verifier must
-  run and say no, as for most misses in a populated cache), a miss with no candidate (a tenant
-  of its own), and the fake upstream called directly.
+  stores a few questions, then, taking turns: the fake upstream called directly, an L3-verified
+  hit (a reworded stored question), a miss with no candidate in that populated scope, a miss
+  that had candidates to verify (the same how-to in a language none of the stored questions
+  names: its stored siblings pass the default cosine floor, and the verifier must run and say
+  no, as for most misses in a populated cache), and a miss in a new context (a tenant of its
+  own, so an empty scope). Each round starts when the gateway has no cache write pending.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,16 +104,20 @@ async def _one(session: Any, url: str, request: Request) -> tuple[float, str]:
 
 
 async def interleaved(series: dict[str, tuple[str, Callable[[int], Request]]], n: int, warmup: int,
-                      pause: float = 0.0) -> dict[str, list[tuple[float, str]]]:
+                      pause: float = 0.0, settle: Callable[[], Awaitable[None]] | None = None,
+                      ) -> dict[str, list[tuple[float, str]]]:
     """(ms, X-Reflex-Status) of ``n`` requests per series, the series taking turns, each on its
     own keep-alive connection; the first ``warmup`` rounds are dropped. With ``pause``, every
-    request waits that many seconds first (the machine idles before each one)."""
+    request waits that many seconds first (the machine idles before each one); ``settle`` is
+    awaited, untimed, before each round."""
     import aiohttp
 
     out: dict[str, list[tuple[float, str]]] = {name: [] for name in series}
     sessions = {name: aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) for name in series}
     try:
         for i in range(n + warmup):
+            if settle is not None:
+                await settle()
             for name, (url, make) in series.items():
                 if pause:
                     await asyncio.sleep(pause)
@@ -309,7 +316,10 @@ async def bench_semantic(progress: Progress, *, requests: int, start_timeout: fl
     upstream_port, serve_port = free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
     figures: list[Figure] = []
-    with tempfile.TemporaryDirectory(prefix="reflex-bench-") as tmp:
+    import aiohttp
+
+    async with contextlib.AsyncExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="reflex-bench-"))
         try:
             procs.append(spawn_server("upstream", upstream_port))
             upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
@@ -335,6 +345,12 @@ async def bench_semantic(progress: Progress, *, requests: int, start_timeout: fl
             await _wait_stored(url, tenant, questions[-1])
             runs: dict[str, dict[str, list[tuple[float, str]]]] = {}
             before = await _semantic_outcomes(serve_port)
+            metrics_session = aiohttp.ClientSession()
+            stack.push_async_callback(metrics_session.close)
+
+            async def quiet() -> None:
+                await _until_no_pending_writes(metrics_session, serve_port)
+
             for run, first, n, run_warmup, pause in (("", 0, requests, warmup, 0.0),
                                                      ("_idle", offset, idle_requests, idle_warmup, IDLE_PAUSE_S)):
                 progress.step(f"semantic: {n} requests per series (direct / L3 hit / miss with candidates / "
@@ -343,14 +359,17 @@ async def bench_semantic(progress: Progress, *, requests: int, start_timeout: fl
                 runs[run] = await interleaved({
                     "direct": (f"{upstream_url}/chat/completions", lambda i, fresh=fresh: _question(f"direct {fresh} {i}")),
                     "l3": (url, lambda i, first=first: _question(reworded(questions[first + i]), tenant)),
-                    "miss_candidates": (url, lambda i, first=first: _question(near_miss(first + i), tenant)),
-                    "miss_none": (url, lambda i, fresh=fresh: _question(
-                        f"new question {fresh} {i}", {"Authorization": f"Bearer sk-bench-alone-{fresh}-{i}"})),
                     # the stored questions' scope, a question far from all of them, and an
                     # answer cut short (never stored), so the scope stays as it is
                     "miss_far": (url, lambda i, fresh=fresh: _question(
                         f"new question {fresh} {i} {CUT_SHORT}", tenant)),
-                }, n, warmup=run_warmup, pause=pause)
+                    # its answer is stored after the response (its embedding is in by then)
+                    "miss_candidates": (url, lambda i, first=first: _question(near_miss(first + i), tenant)),
+                    # last in the round: its answer's store waits for the embedding it did not
+                    # wait for, and the next round starts once that is done (quiet)
+                    "miss_none": (url, lambda i, fresh=fresh: _question(
+                        f"new question {fresh} {i}", {"Authorization": f"Bearer sk-bench-alone-{fresh}-{i}"})),
+                }, n, warmup=run_warmup, pause=pause, settle=quiet)
             after = await _semantic_outcomes(serve_port)
             wanted: dict[str, float] = {}
             for _, series, _, outcome, _ in _SEMANTIC_SERIES:  # warmup requests look up too
@@ -387,6 +406,30 @@ async def _semantic_outcomes(port: int) -> dict[str, float]:
     return {sample.labels["outcome"]: sample.value for family in text_string_to_metric_families(text)
             if family.name == "reflex_gateway_semantic_lookups" for sample in family.samples
             if sample.name.endswith("_total")}
+
+
+_PENDING_WRITES = re.compile(rb"^reflex_gateway_pending_cache_writes (\S+)$", re.MULTILINE)
+
+
+async def _until_no_pending_writes(session: Any, port: int, timeout: float = 30.0) -> None:
+    """Until the gateway has no cache write on its way (by its /metrics). A miss's answer is
+    stored after its response, and in an empty scope that store waits for the question's
+    embedding, which the lookup did not wait for. The fake upstream answers in half a
+    millisecond, so the next request would queue behind that embedding, where an agent's next
+    request comes seconds later (a real upstream takes that long): the semantic rounds start
+    on a gateway with no background work, so that each series measures its own path only."""
+    deadline = time.monotonic() + timeout
+    while True:
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            found = _PENDING_WRITES.search(await response.read())
+        if found is None:
+            raise RuntimeError("the gateway's /metrics has no reflex_gateway_pending_cache_writes")
+        pending = float(found.group(1))
+        if pending == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the gateway still had {pending:g} cache writes pending after {timeout:g} s")
+        await asyncio.sleep(0.001)
 
 
 async def _wait_stored(url: str, tenant: dict[str, str], last: str, timeout: float = 30.0) -> None:

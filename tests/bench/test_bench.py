@@ -90,3 +90,48 @@ def test_the_table_and_the_markdown_give_a_throughput_figure_s_round_range() -> 
     text = table(report).splitlines()
     assert text[2].endswith("0.40x (higher is better) (rounds 0.35-0.43x)")
     assert text[3].endswith("0.40x (higher is better)")
+
+
+
+def test_semantic_rounds_wait_until_the_gateway_has_no_write_pending() -> None:
+    """The semantic rounds start once the gateway's reflex_gateway_pending_cache_writes reads
+    0 (a miss's store after its response would otherwise be paid by the next series); a
+    gateway whose /metrics lacks the gauge fails the bench instead of being taken as quiet."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    from commands.bench_common import free_port
+    from commands.bench_gateway import _until_no_pending_writes
+
+    pending: list[int | None] = [2, 1, 0]
+    scraped: list[int | None] = []
+
+    async def metrics(request: web.Request) -> web.Response:
+        value = pending.pop(0) if len(pending) > 1 else pending[0]
+        scraped.append(value)
+        gauge = "" if value is None else f"reflex_gateway_pending_cache_writes {value:.1f}\n"
+        return web.Response(text=f"reflex_gateway_requests_total 3.0\n{gauge}reflex_gateway_hits_total 1.0\n")
+
+    async def run() -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                await _until_no_pending_writes(session, port)
+                assert scraped == [2, 1, 0]
+                pending[:] = [5]
+                with pytest.raises(RuntimeError, match="still had 5 cache writes pending"):
+                    await _until_no_pending_writes(session, port, timeout=0.05)
+                pending[:] = [None]
+                with pytest.raises(RuntimeError, match="no reflex_gateway_pending_cache_writes"):
+                    await _until_no_pending_writes(session, port)
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(run())

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -344,17 +344,13 @@ async def bench_semantic(progress: Progress, *, requests: int, start_timeout: fl
             _check(stored["store"], "bypass", "storing")
             await _wait_stored(url, tenant, questions[-1])
             runs: dict[str, dict[str, list[tuple[float, str]]]] = {}
-            before = await _semantic_outcomes(serve_port)
-            metrics_session = aiohttp.ClientSession()
-            stack.push_async_callback(metrics_session.close)
-
-            async def quiet() -> None:
-                await _until_no_pending_writes(metrics_session, serve_port)
-
+            metrics = aiohttp.ClientSession()
+            stack.push_async_callback(metrics.close)
+            before = await _semantic_outcomes(metrics, serve_port)
             for run, first, n, run_warmup, pause in (("", 0, requests, warmup, 0.0),
                                                      ("_idle", offset, idle_requests, idle_warmup, IDLE_PAUSE_S)):
-                progress.step(f"semantic: {n} requests per series (direct / L3 hit / miss with candidates / "
-                              "miss in a new context / miss in a populated scope)" + (f", each after {IDLE_PAUSE_S:g} s idle" if pause else ", back to back"))
+                progress.step(f"semantic: {n} requests per series (direct / L3 hit / miss in a populated scope / "
+                              "miss with candidates / miss in a new context)" + (f", each after {IDLE_PAUSE_S:g} s idle" if pause else ", back to back"))
                 fresh = time.time_ns()
                 runs[run] = await interleaved({
                     "direct": (f"{upstream_url}/chat/completions", lambda i, fresh=fresh: _question(f"direct {fresh} {i}")),
@@ -369,8 +365,9 @@ async def bench_semantic(progress: Progress, *, requests: int, start_timeout: fl
                     # wait for, and the next round starts once that is done (quiet)
                     "miss_none": (url, lambda i, fresh=fresh: _question(
                         f"new question {fresh} {i}", {"Authorization": f"Bearer sk-bench-alone-{fresh}-{i}"})),
-                }, n, warmup=run_warmup, pause=pause, settle=quiet)
-            after = await _semantic_outcomes(serve_port)
+                }, n, warmup=run_warmup, pause=pause,
+                    settle=functools.partial(_until_no_pending_writes, metrics, serve_port))
+            after = await _semantic_outcomes(metrics, serve_port)
             wanted: dict[str, float] = {}
             for _, series, _, outcome, _ in _SEMANTIC_SERIES:  # warmup requests look up too
                 wanted[outcome] = wanted.get(outcome, 0) + len(runs[""][series]) + warmup \
@@ -396,19 +393,21 @@ async def bench_semantic(progress: Progress, *, requests: int, start_timeout: fl
     return figures
 
 
-async def _semantic_outcomes(port: int) -> dict[str, float]:
-    """The gateway's semantic lookups so far, by outcome (from its /metrics)."""
-    import aiohttp
+async def _gateway_samples(session: Any, port: int, family_name: str) -> list[Any]:
+    """The samples of one metric family on the gateway's /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as response:
+    async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
         text = await response.text()
-    return {sample.labels["outcome"]: sample.value for family in text_string_to_metric_families(text)
-            if family.name == "reflex_gateway_semantic_lookups" for sample in family.samples
+    return [sample for family in text_string_to_metric_families(text) if family.name == family_name
+            for sample in family.samples]
+
+
+async def _semantic_outcomes(session: Any, port: int) -> dict[str, float]:
+    """The gateway's semantic lookups so far, by outcome."""
+    return {sample.labels["outcome"]: sample.value
+            for sample in await _gateway_samples(session, port, "reflex_gateway_semantic_lookups")
             if sample.name.endswith("_total")}
-
-
-_PENDING_WRITES = re.compile(rb"^reflex_gateway_pending_cache_writes (\S+)$", re.MULTILINE)
 
 
 async def _until_no_pending_writes(session: Any, port: int, timeout: float = 30.0) -> None:
@@ -420,11 +419,10 @@ async def _until_no_pending_writes(session: Any, port: int, timeout: float = 30.
     on a gateway with no background work, so that each series measures its own path only."""
     deadline = time.monotonic() + timeout
     while True:
-        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
-            found = _PENDING_WRITES.search(await response.read())
-        if found is None:
+        samples = await _gateway_samples(session, port, "reflex_gateway_pending_cache_writes")
+        if not samples:
             raise RuntimeError("the gateway's /metrics has no reflex_gateway_pending_cache_writes")
-        pending = float(found.group(1))
+        pending = samples[0].value
         if pending == 0:
             return
         if time.monotonic() > deadline:

@@ -92,7 +92,6 @@ def test_the_table_and_the_markdown_give_a_throughput_figure_s_round_range() -> 
     assert text[3].endswith("0.40x (higher is better)")
 
 
-
 def test_semantic_rounds_wait_until_the_gateway_has_no_write_pending() -> None:
     """The semantic rounds start once the gateway's reflex_gateway_pending_cache_writes reads
     0 (a miss's store after its response would otherwise be paid by the next series); a
@@ -111,7 +110,8 @@ def test_semantic_rounds_wait_until_the_gateway_has_no_write_pending() -> None:
     async def metrics(request: web.Request) -> web.Response:
         value = pending.pop(0) if len(pending) > 1 else pending[0]
         scraped.append(value)
-        gauge = "" if value is None else f"reflex_gateway_pending_cache_writes {value:.1f}\n"
+        gauge = "" if value is None else ("# TYPE reflex_gateway_pending_cache_writes gauge\n"
+                                          f"reflex_gateway_pending_cache_writes {value:.1f}\n")
         return web.Response(text=f"reflex_gateway_requests_total 3.0\n{gauge}reflex_gateway_hits_total 1.0\n")
 
     async def run() -> None:

@@ -94,7 +94,8 @@ async def run(args: argparse.Namespace, settings: ServeSettings, progress: Progr
 
         models = settings.models
         figures += await bench_embedder(progress, models, texts=sizes.texts, concurrency=args.concurrency,
-                                        rounds=rounds, latency_samples=sizes.latency_samples)
+                                        rounds=rounds, latency_samples=sizes.latency_samples,
+                                        coalesce_max=settings.gateway.models.embedder_coalesce_max)
         embed = next(f for f in figures if f.key == "embed_latency")
         figures += await bench_verifier(progress, models, calls=sizes.verifier_calls,
                                         concurrency=min(args.concurrency, 16), rounds=rounds,

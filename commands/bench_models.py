@@ -3,8 +3,10 @@ service and dynamic batcher, against the same loaded model's raw forward pass in
 process (no gRPC, no batcher), whatever REFLEX_EMBEDDER_BACKEND, REFLEX_VERIFIER_BACKEND and
 REFLEX_DEVICE select.
 
-* Throughput at saturation: many concurrent clients (one text per Embed call, as the gateway
-  sends them; one query with 5 candidates per Score call), in a process of their own as the
+* Throughput at saturation: many concurrent clients (one text each at a time, through the
+  gateway's own client, which shares one Embed call among the lookups of one event-loop turn,
+  REFLEX_EMBEDDER_COALESCE_MAX; and also one text per call, the server's per-call overhead
+  unshared; one query with 5 candidates per Score call), in a process of their own as the
   gateway is when deployed (``LoadProcess``), against the raw model run
   sequentially on batches of REFLEX_MAX_BATCH_SIZE and of 16 rows, whichever is faster (small
   batches pad less and stay in cache on a CPU). The raw rate excludes tokenizing: the strict
@@ -87,10 +89,10 @@ async def saturate(call: Callable[[Any], Awaitable[Any]], work: Sequence[Any], c
     return len(work) / (time.perf_counter() - start)
 
 
-async def _load_loop(conn: Any, kind: str, address: str, concurrency: int) -> None:
+async def _load_loop(conn: Any, kind: str, address: str, concurrency: int, coalesce_max: int) -> None:
     from services.gateway.model_clients import GrpcEmbedder, GrpcVerifier
 
-    client = GrpcEmbedder(address) if kind == "embed" else GrpcVerifier(address)
+    client = GrpcEmbedder(address, coalesce_max=coalesce_max) if kind == "embed" else GrpcVerifier(address)
 
     def call(item: str) -> Awaitable[Any]:
         if kind == "embed":
@@ -107,8 +109,8 @@ async def _load_loop(conn: Any, kind: str, address: str, concurrency: int) -> No
         await client.close()
 
 
-def _load_main(conn: Any, kind: str, address: str, concurrency: int) -> None:
-    asyncio.run(_load_loop(conn, kind, address, concurrency))
+def _load_main(conn: Any, kind: str, address: str, concurrency: int, coalesce_max: int) -> None:
+    asyncio.run(_load_loop(conn, kind, address, concurrency, coalesce_max))
 
 
 class LoadProcess:
@@ -117,10 +119,11 @@ class LoadProcess:
     would charge their serialising and scheduling to the server being measured (py-spy: with
     int8 models the one loop, not the model, was the limit). ``run(items)`` -> items/s."""
 
-    def __init__(self, kind: str, address: str, concurrency: int) -> None:
+    def __init__(self, kind: str, address: str, concurrency: int, coalesce_max: int = 1) -> None:
         ctx = multiprocessing.get_context("spawn")  # no forked copy of the loaded models or the loop
         self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=_load_main, args=(child, kind, address, concurrency), daemon=True,
+        self._process = ctx.Process(target=_load_main, args=(child, kind, address, concurrency, coalesce_max),
+                                    daemon=True,
                                     name=f"reflex-bench-{kind}-load")
         self._process.start()
         child.close()
@@ -166,41 +169,71 @@ def _describe(model: Any, settings: ModelServiceSettings) -> dict[str, Any]:
 
 
 async def bench_embedder(progress: Progress, settings: ModelServiceSettings, *, texts: int, concurrency: int,
-                         rounds: int, latency_samples: int) -> list[Figure]:
+                         rounds: int, latency_samples: int, coalesce_max: int = 1) -> list[Figure]:
+    """``coalesce_max``: the gateway's REFLEX_EMBEDDER_COALESCE_MAX. The clients use the
+    gateway's own client with it; when it is over 1, one text per call is timed too, in the
+    same rounds (what the server's per-call overhead costs without the sharing)."""
     from services.embedder.main import start_embedder_server
     from services.gateway.model_clients import GrpcEmbedder
 
     progress.step(f"embedder: loading (REFLEX_EMBEDDER_BACKEND={settings.model.embedder_backend} on a CPU)")
     server = await start_embedder_server(settings, 0)
     model = server.backend
-    client = GrpcEmbedder(f"127.0.0.1:{server.port}")
-    load = LoadProcess("embed", f"127.0.0.1:{server.port}", concurrency)
+    address = f"127.0.0.1:{server.port}"
+    client = GrpcEmbedder(address, coalesce_max=coalesce_max)
+    loads = {"gateway": LoadProcess("embed", address, concurrency, coalesce_max)}
+    if coalesce_max > 1:
+        loads["per_text"] = LoadProcess("embed", address, concurrency, 1)
     figures: list[Figure] = []
+
+    def calls() -> float:
+        return server.registry.get_sample_value("reflex_embedder_requests_total", {"method": "Embed"}) or 0.0
+
     try:
         work = bench_texts(texts)
         about = _describe(model, settings) | {"clients": "a separate process"}
-        await load.run(work[:64])  # warm-up
-        ratios, raws, grpcs, raws_tok = [], [], [], []
+        for load in loads.values():
+            await load.run(work[:64])  # warm-up
+        ratios: dict[str, list[float]] = {name: [] for name in loads}
+        rates: dict[str, list[float]] = {name: [] for name in loads}
+        per_call: dict[str, list[float]] = {name: [] for name in loads}
+        raws, raws_tok = [], []
         for r in range(rounds):
             progress.step(f"embedder throughput, round {r + 1}/{rounds}: {len(work)} texts raw, then through gRPC "
-                          f"({concurrency} clients x 1 text)")
+                          f"({concurrency} clients x 1 text; REFLEX_EMBEDDER_COALESCE_MAX={coalesce_max}"
+                          + (", then 1" if len(loads) > 1 else "") + ")")
             raw_f, raw_t = await best_raw_rates(model, work, settings.batching.max_batch_size)
-            grpc_rate = await load.run(work)
             raws.append(raw_f)
             raws_tok.append(raw_t)
-            grpcs.append(grpc_rate)
-            ratios.append(grpc_rate / raw_f)
-        k = _median_round(ratios)
+            for name, load in loads.items():
+                before = calls()
+                rate = await load.run(work)
+                rates[name].append(rate)
+                ratios[name].append(rate / raw_f)
+                per_call[name].append(len(work) / max(calls() - before, 1.0))
         rows = server.registry.get_sample_value("reflex_embedder_batch_size_sum") or 0.0
         passes = server.registry.get_sample_value("reflex_embedder_batch_size_count") or 1.0
+        k = _median_round(ratios["gateway"])
         figures.append(Figure(
-            "embedder_throughput", section="models", what="embedder throughput at saturation (gRPC)",
-            value=grpcs[k], unit="texts/s", baseline="raw batched forward, same model and process",
+            "embedder_throughput", section="models",
+            what="embedder throughput at saturation (gRPC, the gateway's client)",
+            value=rates["gateway"][k], unit="texts/s", baseline="raw batched forward, same model and process",
             baseline_value=raws[k], better="higher",
-            detail=about | {"round_ratios": ratios, "raw_tokenize_and_forward": raws_tok[k],
-                            "vs_raw_tokenize_and_forward": grpcs[k] / raws_tok[k],
+            detail=about | {"round_ratios": ratios["gateway"], "raw_tokenize_and_forward": raws_tok[k],
+                            "vs_raw_tokenize_and_forward": rates["gateway"][k] / raws_tok[k],
+                            "coalesce_max": coalesce_max, "texts_per_call": per_call["gateway"][k],
                             "mean_rows_per_batch": rows / passes, "texts": len(work), "concurrency": concurrency},
         ))
+        if "per_text" in loads:
+            k = _median_round(ratios["per_text"])
+            figures.append(Figure(
+                "embedder_throughput_per_text_calls", section="models",
+                what="embedder throughput at saturation (gRPC, one text per call)",
+                value=rates["per_text"][k], unit="texts/s", baseline="raw batched forward, same model and process",
+                baseline_value=raws[k], better="higher",
+                detail=about | {"round_ratios": ratios["per_text"], "texts_per_call": per_call["per_text"][k],
+                                "texts": len(work), "concurrency": concurrency},
+            ))
         progress.step(f"embedder latency: {latency_samples} x Embed(1 text), turns with the raw model")
 
         def raw_one() -> Any:
@@ -211,10 +244,11 @@ async def bench_embedder(progress: Progress, settings: ModelServiceSettings, *, 
         figures.append(Figure(
             "embed_latency", section="models", what="Embed p50, batch 1 (gRPC)", value=embed_p50 * 1e3, unit="ms",
             baseline="raw tokenize + forward of 1 text", baseline_value=raw_p50 * 1e3, better="lower",
-            detail=about | {"samples": latency_samples},
+            detail=about | {"samples": latency_samples, "coalesce_max": coalesce_max},
         ))
     finally:
-        await load.close()
+        for load in loads.values():
+            await load.close()
         await client.close()
         await server.stop(0)
     return figures

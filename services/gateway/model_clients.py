@@ -8,21 +8,27 @@ one HTTP/2 connection to one replica, however many the name resolves to.
 
 Every call has a deadline, and every gRPC failure becomes ``TierUnavailable(component,
 reason)``: the gateway then serves the request as a plain miss instead of failing it.
+
+Lookups that ask for their embedding in the same turn of the event loop share Embed calls
+(``coalesce_max`` texts at most per call, REFLEX_EMBEDDER_COALESCE_MAX): the first of a turn
+goes at once, the others of that turn together at the end of it. A gateway under load makes
+a few RPCs per turn instead of one per lookup, and a lone lookup waits for nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from reflex.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from reflex import keepalive
+from reflex.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from reflex.settings import ModelClientSettings
 from reflex.tiers import TierUnavailable
 from reflex.verifier.v1 import verifier_pb2, verifier_pb2_grpc
@@ -120,15 +126,40 @@ class _GrpcModelClient:
         await self._channel.close()
 
 
+@dataclass(slots=True)
+class _Waiting:
+    """A lookup's texts, waiting for the shared call at the end of its loop turn."""
+
+    texts: list[str]
+    timeout: float
+    future: asyncio.Future[list[list[float]]] = field(repr=False)
+
+
 class GrpcEmbedder(_GrpcModelClient):
-    """``Embedder`` over gRPC."""
+    """``Embedder`` over gRPC. With ``coalesce_max`` > 1, a call of at most that many texts
+    goes at once only when none of this client's Embed calls is in flight; otherwise it waits
+    for the end of the current event-loop turn, and what gathered in the turn is sent in calls
+    of at most ``coalesce_max`` texts. An idle gateway's lookup waits for nothing; a busy one's
+    waits one loop turn, behind calls that the server is busy with anyway.
+
+    Written here rather than taken from aiodataloader (the usual asyncio batch loader): its
+    dispatch goes through two tasks and about three loop turns before the RPC starts, which
+    cost a lone Embed 3-4% (0.3 ms) here."""
 
     component = "embedder"
     grpc_service = embedder_pb2.DESCRIPTOR.services_by_name["EmbedderService"].full_name
 
-    def __init__(self, target: str, *, on_timing: TimingCallback | None = None, check_timeout: float = 2.0) -> None:
+    def __init__(self, target: str, *, on_timing: TimingCallback | None = None, check_timeout: float = 2.0,
+                 coalesce_max: int = 1) -> None:
         super().__init__(target, on_timing=on_timing, check_timeout=check_timeout)
+        if coalesce_max < 1:
+            raise ValueError("coalesce_max must be >= 1")
         self._stub = embedder_pb2_grpc.EmbedderServiceStub(self._channel)
+        self._coalesce_max = coalesce_max
+        # Calls waiting for the end of this loop turn (None: no turn-end send scheduled).
+        self._gathering: list[_Waiting] | None = None
+        self._in_flight = 0  # Embed RPCs sent and not yet answered
+        self._shared_calls: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
 
     @classmethod
     def from_settings(cls, settings: ModelClientSettings, *, target: str | None = None,
@@ -136,13 +167,72 @@ class GrpcEmbedder(_GrpcModelClient):
         target = target or settings.embedder_url
         if not target:
             raise ValueError("REFLEX_EMBEDDER_URL is unset and no target was given")
-        return cls(target, on_timing=on_timing, check_timeout=settings.embedder_timeout_ms / 1000)
+        return cls(target, on_timing=on_timing, check_timeout=settings.embedder_timeout_ms / 1000,
+                   coalesce_max=settings.embedder_coalesce_max)
 
     async def embed(self, texts: Sequence[str], *, timeout: float) -> list[list[float]]:
+        texts = list(texts)
+        if self._coalesce_max == 1 or len(texts) > self._coalesce_max:
+            return await self._call(texts, timeout)  # large calls (reflex eval's chunks) go as they are
+        if self._in_flight == 0 and self._gathering is None:
+            return await self._call(texts, timeout)
+        loop = asyncio.get_running_loop()
+        if self._gathering is None:
+            self._gathering = []
+            loop.call_soon(self._send_gathered)
+        waiting = _Waiting(texts, timeout, loop.create_future())
+        self._gathering.append(waiting)
         try:
-            reply = await self._stub.Embed(embedder_pb2.EmbedRequest(texts=list(texts)), timeout=timeout)
+            # Each caller keeps its own deadline. One that leaves (timeout, cancellation) only
+            # cancels its own future; the shared call goes on for the others.
+            async with asyncio.timeout(timeout):
+                return await waiting.future
+        except TimeoutError:
+            raise TierUnavailable(self.component, "timeout", f"no Embed reply within {timeout} s") from None
+
+    def _send_gathered(self) -> None:
+        waiting = [w for w in self._gathering or () if not w.future.done()]
+        self._gathering = None
+        group: list[_Waiting] = []
+        size = 0
+        for w in waiting:
+            if group and size + len(w.texts) > self._coalesce_max:
+                self._start_shared_call(group)
+                group, size = [], 0
+            group.append(w)
+            size += len(w.texts)
+        if group:
+            self._start_shared_call(group)
+
+    def _start_shared_call(self, group: list[_Waiting]) -> None:
+        task = asyncio.get_running_loop().create_task(self._shared_call(group))
+        self._shared_calls.add(task)
+        task.add_done_callback(self._shared_calls.discard)
+
+    async def _shared_call(self, group: list[_Waiting]) -> None:
+        try:
+            # The shared call's deadline is its most patient caller's; each keeps its own above.
+            vectors = await self._call([t for w in group for t in w.texts], max(w.timeout for w in group))
+        except Exception as exc:  # every caller gets an error of its own, and none is left waiting
+            reason = exc.reason if isinstance(exc, TierUnavailable) else "error"
+            for w in group:
+                if not w.future.done():
+                    w.future.set_exception(TierUnavailable(self.component, reason, str(exc)))
+            return
+        start = 0
+        for w in group:
+            if not w.future.done():
+                w.future.set_result(vectors[start:start + len(w.texts)])
+            start += len(w.texts)
+
+    async def _call(self, texts: list[str], timeout: float) -> list[list[float]]:
+        self._in_flight += 1
+        try:
+            reply = await self._stub.Embed(embedder_pb2.EmbedRequest(texts=texts), timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise _to_tier_unavailable(self.component, exc) from exc
+        finally:
+            self._in_flight -= 1
         if len(reply.vectors) != len(texts):
             raise TierUnavailable(self.component, "error", f"{len(reply.vectors)} vectors for {len(texts)} texts")
         self._report(reply.timing)

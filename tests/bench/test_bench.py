@@ -22,8 +22,9 @@ EXPECTED = {
                  # the same series with the machine idle before each request
                  "l3_hit_latency_idle", "miss_with_candidates_latency_idle", "miss_no_candidate_latency_idle",
                  "miss_populated_no_candidate_latency_idle"},
-    # score_verified_latency: Score of the REFLEX_RERANKER_CANDIDATES (default 1) one lookup sends
-    "models": {"embedder_throughput", "embed_latency", "verifier_throughput", "score_latency",
+    # score_verified_latency: Score of the REFLEX_RERANKER_CANDIDATES (default 1) one lookup sends;
+    # embedder_throughput_per_text_calls: one text per Embed call (REFLEX_EMBEDDER_COALESCE_MAX is 8)
+    "models": {"embedder_throughput", "embedder_throughput_per_text_calls", "embed_latency", "verifier_throughput", "score_latency",
                "score_verified_latency", "score_vs_embed"},
 }
 

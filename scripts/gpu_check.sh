@@ -132,7 +132,9 @@ import json, sys
 from pathlib import Path
 out, mode = Path(sys.argv[1]), sys.argv[2]
 wanted = [("embed_latency", "p50 Embed, batch 1"), ("score_latency", "p50 Score, 5 candidates"),
-          ("embedder_throughput", "embedder texts/s at saturation"), ("verifier_throughput", "verifier pairs/s at saturation"),
+          ("embedder_throughput", "embedder texts/s at saturation"),
+          ("embedder_throughput_per_text_calls", "embedder texts/s at saturation, one text per call"),
+          ("verifier_throughput", "verifier pairs/s at saturation"),
           ("l3_hit_vs_raw_models", "L3-hit p50 of `reflex serve`"), ("l3_hit_latency", "L3-hit p50 against the upstream")]
 runs = {}
 for path in sorted(out.glob("bench-*.json")):

@@ -213,27 +213,23 @@ async def bench_embedder(progress: Progress, settings: ModelServiceSettings, *, 
                 per_call[name].append(len(work) / max(calls() - before, 1.0))
         rows = server.registry.get_sample_value("reflex_embedder_batch_size_sum") or 0.0
         passes = server.registry.get_sample_value("reflex_embedder_batch_size_count") or 1.0
-        k = _median_round(ratios["gateway"])
-        figures.append(Figure(
-            "embedder_throughput", section="models",
-            what="embedder throughput at saturation (gRPC, the gateway's client)",
-            value=rates["gateway"][k], unit="texts/s", baseline="raw batched forward, same model and process",
-            baseline_value=raws[k], better="higher",
-            detail=about | {"round_ratios": ratios["gateway"], "raw_tokenize_and_forward": raws_tok[k],
-                            "vs_raw_tokenize_and_forward": rates["gateway"][k] / raws_tok[k],
-                            "coalesce_max": coalesce_max, "texts_per_call": per_call["gateway"][k],
-                            "mean_rows_per_batch": rows / passes, "texts": len(work), "concurrency": concurrency},
-        ))
-        if "per_text" in loads:
-            k = _median_round(ratios["per_text"])
-            figures.append(Figure(
-                "embedder_throughput_per_text_calls", section="models",
-                what="embedder throughput at saturation (gRPC, one text per call)",
-                value=rates["per_text"][k], unit="texts/s", baseline="raw batched forward, same model and process",
+
+        def throughput(name: str, key: str, how: str, **extra: Any) -> Figure:
+            k = _median_round(ratios[name])
+            return Figure(
+                key, section="models", what=f"embedder throughput at saturation (gRPC, {how})",
+                value=rates[name][k], unit="texts/s", baseline="raw batched forward, same model and process",
                 baseline_value=raws[k], better="higher",
-                detail=about | {"round_ratios": ratios["per_text"], "texts_per_call": per_call["per_text"][k],
-                                "texts": len(work), "concurrency": concurrency},
-            ))
+                detail=about | {"round_ratios": ratios[name], "texts_per_call": per_call[name][k],
+                                "raw_tokenize_and_forward": raws_tok[k],
+                                "vs_raw_tokenize_and_forward": rates[name][k] / raws_tok[k],
+                                "texts": len(work), "concurrency": concurrency} | extra,
+            )
+
+        figures.append(throughput("gateway", "embedder_throughput", "the gateway's client",
+                                  coalesce_max=coalesce_max, mean_rows_per_batch=rows / passes))
+        if "per_text" in loads:
+            figures.append(throughput("per_text", "embedder_throughput_per_text_calls", "one text per call"))
         progress.step(f"embedder latency: {latency_samples} x Embed(1 text), turns with the raw model")
 
         def raw_one() -> Any:

@@ -26,6 +26,7 @@ class TierUnavailable(Exception):
         super().__init__(f"{component} unavailable ({reason}){': ' + detail if detail else ''}")
         self.component = component
         self.reason = reason  # short, low-cardinality: "timeout", "overloaded", "unavailable", "error"
+        self.detail = detail
 
 
 class Embedder(Protocol):

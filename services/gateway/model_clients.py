@@ -9,10 +9,10 @@ one HTTP/2 connection to one replica, however many the name resolves to.
 Every call has a deadline, and every gRPC failure becomes ``TierUnavailable(component,
 reason)``: the gateway then serves the request as a plain miss instead of failing it.
 
-Lookups that ask for their embedding in the same turn of the event loop share Embed calls
-(``coalesce_max`` texts at most per call, REFLEX_EMBEDDER_COALESCE_MAX): the first of a turn
-goes at once, the others of that turn together at the end of it. A gateway under load makes
-a few RPCs per turn instead of one per lookup, and a lone lookup waits for nothing.
+Lookups share Embed calls under load (``coalesce_max`` texts at most per call,
+REFLEX_EMBEDDER_COALESCE_MAX): a lookup's call goes at once while none is in flight, and those
+made while one is go together at the end of the event-loop turn. A busy gateway makes one RPC
+for several lookups; an idle one's lookup waits for nothing.
 """
 
 from __future__ import annotations
@@ -213,11 +213,16 @@ class GrpcEmbedder(_GrpcModelClient):
         try:
             # The shared call's deadline is its most patient caller's; each keeps its own above.
             vectors = await self._call([t for w in group for t in w.texts], max(w.timeout for w in group))
-        except Exception as exc:  # every caller gets an error of its own, and none is left waiting
-            reason = exc.reason if isinstance(exc, TierUnavailable) else "error"
+        except BaseException as exc:  # every caller gets an error of its own, and none is left waiting
+            if isinstance(exc, TierUnavailable):
+                reason, detail = exc.reason, exc.detail
+            else:
+                reason, detail = "error", f"shared Embed call: {type(exc).__name__}: {exc}"
             for w in group:
                 if not w.future.done():
-                    w.future.set_exception(TierUnavailable(self.component, reason, str(exc)))
+                    w.future.set_exception(TierUnavailable(self.component, reason, detail))
+            if not isinstance(exc, Exception):
+                raise  # cancelled (the loop closing): the task ends as cancelled
             return
         start = 0
         for w in group:

@@ -217,4 +217,5 @@ async def test_a_failed_shared_call_gives_each_waiting_call_its_own_error(
         await client.close()
     assert all(isinstance(o, TierUnavailable) and o.reason == "overloaded" for o in outcomes), outcomes
     assert len({id(o) for o in outcomes}) == 4  # no exception object shared between callers
+    assert all(str(o) == "embedder unavailable (overloaded): RESOURCE_EXHAUSTED: queue full" for o in outcomes)
     assert servicer.calls == [["a"], ["b", "c"], ["d"]]  # at most coalesce_max texts per call

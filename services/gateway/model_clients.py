@@ -172,8 +172,9 @@ class GrpcEmbedder(_GrpcModelClient):
 
     async def embed(self, texts: Sequence[str], *, timeout: float) -> list[list[float]]:
         texts = list(texts)
-        if self._coalesce_max == 1 or len(texts) > self._coalesce_max:
-            return await self._call(texts, timeout)  # large calls (reflex eval's chunks) go as they are
+        if self._coalesce_max == 1 or not texts or len(texts) > self._coalesce_max:
+            # Large calls (reflex eval's chunks) go as they are; an empty one gets the server's own answer.
+            return await self._call(texts, timeout)
         if self._in_flight == 0 and self._gathering is None:
             return await self._call(texts, timeout)
         loop = asyncio.get_running_loop()

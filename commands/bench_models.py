@@ -4,7 +4,7 @@ process (no gRPC, no batcher), whatever REFLEX_EMBEDDER_BACKEND, REFLEX_VERIFIER
 REFLEX_DEVICE select.
 
 * Throughput at saturation: many concurrent clients (one text each at a time, through the
-  gateway's own client, which shares one Embed call among the lookups of one event-loop turn,
+  gateway's own client, which sends the lookups made while an Embed call is in flight together,
   REFLEX_EMBEDDER_COALESCE_MAX; and also one text per call, the server's per-call overhead
   unshared; one query with 5 candidates per Score call), in a process of their own as the
   gateway is when deployed (``LoadProcess``), against the raw model run

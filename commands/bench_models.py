@@ -186,8 +186,11 @@ async def bench_embedder(progress: Progress, settings: ModelServiceSettings, *, 
         loads["per_text"] = LoadProcess("embed", address, concurrency, 1)
     figures: list[Figure] = []
 
-    def calls() -> float:
-        return server.registry.get_sample_value("reflex_embedder_requests_total", {"method": "Embed"}) or 0.0
+    def counts() -> tuple[float, float, float]:
+        """(Embed RPCs, rows run, forward passes) so far."""
+        get = server.registry.get_sample_value
+        return (get("reflex_embedder_requests_total", {"method": "Embed"}) or 0.0,
+                get("reflex_embedder_batch_size_sum") or 0.0, get("reflex_embedder_batch_size_count") or 0.0)
 
     try:
         work = bench_texts(texts)
@@ -197,6 +200,7 @@ async def bench_embedder(progress: Progress, settings: ModelServiceSettings, *, 
         ratios: dict[str, list[float]] = {name: [] for name in loads}
         rates: dict[str, list[float]] = {name: [] for name in loads}
         per_call: dict[str, list[float]] = {name: [] for name in loads}
+        per_batch: dict[str, list[float]] = {name: [] for name in loads}
         raws, raws_tok = [], []
         for r in range(rounds):
             progress.step(f"embedder throughput, round {r + 1}/{rounds}: {len(work)} texts raw, then through gRPC "
@@ -206,13 +210,13 @@ async def bench_embedder(progress: Progress, settings: ModelServiceSettings, *, 
             raws.append(raw_f)
             raws_tok.append(raw_t)
             for name, load in loads.items():
-                before = calls()
+                before = counts()
                 rate = await load.run(work)
+                calls, rows, passes = (a - b for a, b in zip(counts(), before, strict=True))
                 rates[name].append(rate)
                 ratios[name].append(rate / raw_f)
-                per_call[name].append(len(work) / max(calls() - before, 1.0))
-        rows = server.registry.get_sample_value("reflex_embedder_batch_size_sum") or 0.0
-        passes = server.registry.get_sample_value("reflex_embedder_batch_size_count") or 1.0
+                per_call[name].append(len(work) / max(calls, 1.0))
+                per_batch[name].append(rows / max(passes, 1.0))
 
         def throughput(name: str, key: str, how: str, **extra: Any) -> Figure:
             k = _median_round(ratios[name])
@@ -221,13 +225,13 @@ async def bench_embedder(progress: Progress, settings: ModelServiceSettings, *, 
                 value=rates[name][k], unit="texts/s", baseline="raw batched forward, same model and process",
                 baseline_value=raws[k], better="higher",
                 detail=about | {"round_ratios": ratios[name], "texts_per_call": per_call[name][k],
+                                "mean_rows_per_batch": per_batch[name][k],
                                 "raw_tokenize_and_forward": raws_tok[k],
                                 "vs_raw_tokenize_and_forward": rates[name][k] / raws_tok[k],
                                 "texts": len(work), "concurrency": concurrency} | extra,
             )
 
-        figures.append(throughput("gateway", "embedder_throughput", "the gateway's client",
-                                  coalesce_max=coalesce_max, mean_rows_per_batch=rows / passes))
+        figures.append(throughput("gateway", "embedder_throughput", "the gateway's client", coalesce_max=coalesce_max))
         if "per_text" in loads:
             figures.append(throughput("per_text", "embedder_throughput_per_text_calls", "one text per call"))
         progress.step(f"embedder latency: {latency_samples} x Embed(1 text), turns with the raw model")

@@ -172,10 +172,10 @@ class GrpcEmbedder(_GrpcModelClient):
 
     async def embed(self, texts: Sequence[str], *, timeout: float) -> list[list[float]]:
         texts = list(texts)
-        if self._coalesce_max == 1 or not texts or len(texts) > self._coalesce_max:
-            # Large calls (reflex eval's chunks) go as they are; an empty one gets the server's own answer.
-            return await self._call(texts, timeout)
-        if self._in_flight == 0 and self._gathering is None:
+        # At once: when sharing is off, when nothing is in flight (an idle gateway waits for
+        # nothing), for large calls (reflex eval's chunks) and for an empty one (the server's answer).
+        if (self._coalesce_max == 1 or (self._in_flight == 0 and self._gathering is None)
+                or not texts or len(texts) > self._coalesce_max):
             return await self._call(texts, timeout)
         loop = asyncio.get_running_loop()
         if self._gathering is None:

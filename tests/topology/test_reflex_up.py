@@ -112,28 +112,29 @@ def up(tmp_path_factory: pytest.TempPathFactory, redis_for_up: RedisServer) -> I
 # ------------------------------------------------------------------ helpers
 
 
-async def replica_calls(session: aiohttp.ClientSession, replica: dict[str, Any], method: str) -> float:
-    """RPCs a replica received, from its own /metrics (reflex_<service>_requests_total)."""
+async def replica_sample(session: aiohttp.ClientSession, replica: dict[str, Any],
+                         matches: Callable[[Any], bool]) -> float:
+    """The first sample of a replica's own /metrics that ``matches``, or 0."""
     async with session.get(replica["metrics_url"]) as resp:
         text = await resp.text()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name.endswith("_requests_total") and sample.labels.get("method") == method:
+            if matches(sample):
                 return sample.value
     return 0.0
+
+
+async def replica_calls(session: aiohttp.ClientSession, replica: dict[str, Any], method: str) -> float:
+    """RPCs a replica received (reflex_<service>_requests_total)."""
+    return await replica_sample(
+        session, replica, lambda s: s.name.endswith("_requests_total") and s.labels.get("method") == method)
 
 
 async def replica_texts(session: aiohttp.ClientSession, replica: dict[str, Any]) -> float:
     """Texts an embedder replica ran through its model (reflex_embedder_batch_size_sum): the
     gateway's lookups share Embed calls under load (REFLEX_EMBEDDER_COALESCE_MAX), so RPCs
     count fewer than the lookups they carry."""
-    async with session.get(replica["metrics_url"]) as resp:
-        text = await resp.text()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "reflex_embedder_batch_size_sum":
-                return sample.value
-    return 0.0
+    return await replica_sample(session, replica, lambda s: s.name == "reflex_embedder_batch_size_sum")
 
 
 async def embedder_failures(session: aiohttp.ClientSession, gateway_url: str) -> float:

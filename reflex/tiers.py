@@ -9,7 +9,7 @@ run it as separate pods without the gateway knowing which.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,6 +37,20 @@ class Embedder(Protocol):
         """Raise TierUnavailable unless the service reports SERVING (used by /ready)."""
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTiming:
+    """A model service's own account of one call (the Timing block in the protos), in seconds."""
+
+    queue_s: float
+    tokenize_s: float
+    inference_s: float
+
+
+# Called after every successful model call with (component, timing), e.g. to feed the
+# gateway's histograms. A callback rather than a "last timing" attribute: calls run concurrently.
+TimingCallback = Callable[[str, ServerTiming], None]
 
 
 class Verifier(Protocol):
@@ -107,3 +121,8 @@ class L2Store(Protocol):
         """Raise TierUnavailable unless the store answers (used by /ready)."""
 
     async def close(self) -> None: ...
+
+
+# What ``reflex serve`` hands the gateway for the models it runs itself: given the gateway's
+# timing callback, the clients that call them in process (None for a model reached by URL).
+ModelClientFactory = Callable[[TimingCallback], "tuple[Embedder | None, Verifier | None]"]

@@ -1,16 +1,28 @@
-"""The EmbedderService servicer: request validation and proto conversion around the batcher."""
+"""The EmbedderService servicer: proto conversion around ``embed_texts``, which the in-process
+client (services/embedder/in_process.py) calls too."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
+import numpy as np
 
 from reflex.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from services.embedder.model import EmbeddingModel, load_embedding_model
+from services.model_server.batching import Timing
 from services.model_server.errors import InvalidInput
 from services.model_server.grpc_server import ModelServer, ServiceSpec
 
 GRPC_SERVICE = embedder_pb2.DESCRIPTOR.services_by_name["EmbedderService"].full_name
 DEFAULT_PORT = 50051
+
+
+async def embed_texts(server: ModelServer[EmbeddingModel], texts: Sequence[str]) -> tuple[list[np.ndarray], Timing]:
+    """One unit vector per text, in order, and the call's timing. Raises ModelServiceError."""
+    if not texts:
+        raise InvalidInput("texts is empty")
+    return await server.require_batcher().submit(list(texts))
 
 
 class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
@@ -21,9 +33,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
     # (services.model_server.interceptors) counts them and picks the gRPC code.
     async def Embed(self, request: embedder_pb2.EmbedRequest, context: grpc.aio.ServicerContext
                     ) -> embedder_pb2.EmbedResponse:
-        if not request.texts:
-            raise InvalidInput("texts is empty")
-        vectors, timing = await self._server.require_batcher().submit(list(request.texts))
+        vectors, timing = await embed_texts(self._server, request.texts)
         return embedder_pb2.EmbedResponse(
             vectors=[embedder_pb2.Vector(values=v.tolist()) for v in vectors],
             timing=embedder_pb2.Timing(queue_time_ns=timing.queue_ns, tokenize_time_ns=timing.tokenize_ns,

@@ -15,17 +15,17 @@ from aiohttp import web
 
 from reflex import tokens
 from reflex.settings import GatewaySettings
-from reflex.tiers import Embedder, L2Store, Verifier
+from reflex.tiers import Embedder, L2Store, ModelClientFactory, Verifier
 from services.gateway.admin import add_admin_routes
 from services.gateway.cascade import Cascade, SemanticTiers
 from services.gateway.handlers import add_routes
 from services.gateway.l1 import open_l1
+from services.gateway.l2.managed import ManagedL2
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import gateway_middleware
 from services.gateway.openapi import add_openapi_route
 from services.gateway.protocols import all_protocols
-from services.gateway.l2.managed import ManagedL2
-from services.gateway.semantic import grpc_clients
+from services.gateway.semantic import grpc_clients, timing_recorder
 from services.gateway.state import L1, METRICS, STATE, TIERS, UPSTREAM, GatewayState
 from services.gateway.upstream import open_upstream
 
@@ -38,9 +38,11 @@ def create_app(
     embedder: Embedder | None = None,
     verifier: Verifier | None = None,
     l2: L2Store | None = None,
+    model_clients: ModelClientFactory | None = None,
 ) -> web.Application:
     """Build the gateway. Injected tiers are used as they are and stay owned by the caller
-    (``reflex serve``, tests); missing ones are built from settings and closed with the app."""
+    (tests); missing ones are built from settings and closed with the app: by ``model_clients``
+    first (``reflex serve``'s in-process clients of the models it runs), then over gRPC."""
     app = web.Application(
         # aiohttp itself refuses larger bodies (the error middleware renders the 413)
         client_max_size=settings.http.max_body_bytes,
@@ -66,7 +68,7 @@ def create_app(
 
     async def tiers_ctx(app: web.Application) -> AsyncIterator[None]:
         owned: list[Embedder | Verifier | L2Store] = []
-        app[TIERS] = await _semantic_tiers(settings, app[METRICS], embedder, verifier, l2, owned)
+        app[TIERS] = await _semantic_tiers(settings, app[METRICS], embedder, verifier, l2, model_clients, owned)
         yield
         for tier in reversed(owned):
             await tier.close()
@@ -98,14 +100,21 @@ async def _semantic_tiers(
     embedder: Embedder | None,
     verifier: Verifier | None,
     l2: L2Store | None,
+    model_clients: ModelClientFactory | None,
     owned: list[Embedder | Verifier | L2Store],
 ) -> SemanticTiers | None:
     if not settings.cache.semantic:
         log.info("semantic tiers off (REFLEX_SEMANTIC=0): exact L1 only")
         return None
+    on_timing = timing_recorder(metrics)
+    if model_clients is not None:
+        # reflex serve's in-process clients of the models it runs itself; the rest go over gRPC
+        local_embedder, local_verifier = model_clients(on_timing)
+        owned.extend(t for t in (local_embedder, local_verifier) if t is not None)
+        embedder, verifier = embedder or local_embedder, verifier or local_verifier
     if embedder is None or verifier is None:
         built_embedder, built_verifier = grpc_clients(
-            settings, metrics, embedder=embedder is None, verifier=verifier is None
+            settings, on_timing, embedder=embedder is None, verifier=verifier is None
         )
         owned.extend(t for t in (built_embedder, built_verifier) if t is not None)
         embedder = embedder or built_embedder

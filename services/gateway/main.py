@@ -11,7 +11,7 @@ from aiohttp import web
 
 from reflex.settings import GatewaySettings
 from reflex.signals import stop_event
-from reflex.tiers import Embedder, L2Store, Verifier
+from reflex.tiers import Embedder, L2Store, ModelClientFactory, Verifier
 from services.gateway.app import create_app
 from services.gateway.http_server import GatewayRunner
 from services.gateway.lifecycle import LIFECYCLE
@@ -36,9 +36,10 @@ class GatewayServer:
         embedder: Embedder | None = None,
         verifier: Verifier | None = None,
         l2: L2Store | None = None,
+        model_clients: ModelClientFactory | None = None,
     ) -> None:
         self.settings = settings
-        self.app = create_app(settings, embedder=embedder, verifier=verifier, l2=l2)
+        self.app = create_app(settings, embedder=embedder, verifier=verifier, l2=l2, model_clients=model_clients)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from reflex import keepalive
 from reflex.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from reflex.settings import ModelClientSettings
-from reflex.tiers import TierUnavailable
+from reflex.tiers import ServerTiming, TierUnavailable, TimingCallback
 from reflex.verifier.v1 import verifier_pb2, verifier_pb2_grpc
 
 log = logging.getLogger("reflex.gateway.models")
@@ -67,22 +67,8 @@ _REASON_BY_STATUS: Mapping[grpc.StatusCode, str] = MappingProxyType({
 })
 
 
-@dataclass(frozen=True, slots=True)
-class ServerTiming:
-    """The server's own account of one call (see Timing in the protos), in seconds."""
-
-    queue_s: float
-    tokenize_s: float
-    inference_s: float
-
-    @classmethod
-    def from_proto(cls, timing: embedder_pb2.Timing | verifier_pb2.Timing) -> "ServerTiming":
-        return cls(timing.queue_time_ns / 1e9, timing.tokenize_time_ns / 1e9, timing.inference_time_ns / 1e9)
-
-
-# Called after every successful call with (component, timing), e.g. to feed the gateway's
-# histograms. A callback rather than a "last timing" attribute: calls run concurrently.
-TimingCallback = Callable[[str, ServerTiming], None]
+def _server_timing(timing: embedder_pb2.Timing | verifier_pb2.Timing) -> ServerTiming:
+    return ServerTiming(timing.queue_time_ns / 1e9, timing.tokenize_time_ns / 1e9, timing.inference_time_ns / 1e9)
 
 
 def _to_tier_unavailable(component: str, exc: grpc.aio.AioRpcError) -> TierUnavailable:
@@ -103,7 +89,7 @@ class _GrpcModelClient:
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def _report(self, timing: embedder_pb2.Timing | verifier_pb2.Timing) -> ServerTiming:
-        server_timing = ServerTiming.from_proto(timing)
+        server_timing = _server_timing(timing)
         log.debug("%s timing: queue %.2f ms, tokenize %.2f ms, inference %.2f ms", self.component,
                   server_timing.queue_s * 1e3, server_timing.tokenize_s * 1e3, server_timing.inference_s * 1e3)
         if self._on_timing is not None:

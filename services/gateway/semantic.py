@@ -13,8 +13,18 @@ import logging
 from collections.abc import Sequence
 
 from reflex.settings import GatewaySettings, L2Settings
+from reflex.tiers import (
+    Embedder,
+    L2Candidate,
+    L2Point,
+    L2Scope,
+    L2Store,
+    ServerTiming,
+    TierUnavailable,
+    TimingCallback,
+    Verifier,
+)
 from services.gateway.metrics import GatewayMetrics
-from reflex.tiers import Embedder, L2Candidate, L2Point, L2Scope, L2Store, TierUnavailable, Verifier
 
 log = logging.getLogger("reflex.gateway")
 
@@ -77,17 +87,23 @@ class LazyL2Store:
             await self._store.close()
 
 
-def grpc_clients(
-    settings: GatewaySettings, metrics: GatewayMetrics, *, embedder: bool, verifier: bool
-) -> tuple[Embedder | None, Verifier | None]:
-    """gRPC clients for the services named by REFLEX_EMBEDDER_URL / REFLEX_VERIFIER_URL
-    (only those asked for: injected tiers are not duplicated)."""
-    from services.gateway.model_clients import GrpcEmbedder, GrpcVerifier, ServerTiming
+def timing_recorder(metrics: GatewayMetrics) -> TimingCallback:
+    """The model clients' timing callback: the servers' own account into the gateway's histograms."""
 
     def on_timing(component: str, timing: ServerTiming) -> None:
         metrics.model_server_seconds.labels(component, "queue").observe(timing.queue_s)
         metrics.model_server_seconds.labels(component, "tokenize").observe(timing.tokenize_s)
         metrics.model_server_seconds.labels(component, "inference").observe(timing.inference_s)
+
+    return on_timing
+
+
+def grpc_clients(
+    settings: GatewaySettings, on_timing: TimingCallback, *, embedder: bool, verifier: bool
+) -> tuple[Embedder | None, Verifier | None]:
+    """gRPC clients for the services named by REFLEX_EMBEDDER_URL / REFLEX_VERIFIER_URL
+    (only those asked for: injected tiers are not duplicated)."""
+    from services.gateway.model_clients import GrpcEmbedder, GrpcVerifier
 
     built_embedder = GrpcEmbedder.from_settings(settings.models, on_timing=on_timing) if embedder and settings.models.embedder_url else None
     built_verifier = GrpcVerifier.from_settings(settings.models, on_timing=on_timing) if verifier and settings.models.verifier_url else None

@@ -110,6 +110,12 @@ class ModelServer(Generic[BackendT]):
     def serving(self) -> bool:
         return self._warm and not self._stopped
 
+    @property
+    def reports_serving(self) -> bool:
+        """What grpc.health.v1 says, or is about to (its follower publishes each flip): SERVING
+        once warm, not while forward passes fail in a row, not once stopping."""
+        return self.serving and not self._failing
+
     # ------------------------------------------------------------------ lifecycle
     async def start(self, port: int) -> int:
         """Bind (port 0 picks a free one), serve health as NOT_SERVING, start loading. Returns the port."""

@@ -1,5 +1,6 @@
-"""The VerifierService servicer: all candidates of one Score call go into the batcher as
-(query, candidate) pairs (one cross-encoder order, as before), then:
+"""The VerifierService servicer, proto conversion around ``score_candidates`` (which the
+in-process client, services/verifier/in_process.py, calls too): all candidates of one Score
+call go into the batcher as (query, candidate) pairs (one cross-encoder order, as before), then:
 
 * with a decision model (services/verifier/decision.py, loaded beside the checkpoint and
   checked against it) and the request's cosines: the cross-encoder probabilities go back to
@@ -20,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Sequence
 
 import grpc
 import numpy as np
 
 from reflex.verifier.v1 import verifier_pb2, verifier_pb2_grpc
+from services.model_server.batching import Timing
 from services.model_server.errors import InvalidInput
 from services.model_server.grpc_server import ModelServer, ServiceSpec
 from services.verifier import rules
@@ -35,6 +38,59 @@ GRPC_SERVICE = verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_
 DEFAULT_PORT = 50052
 
 
+async def score_candidates(server: ModelServer[CrossEncoderModel], query: str, candidates: Sequence[str],
+                           cosines: Sequence[float], min_score: float) -> tuple[list[float], Timing]:
+    """One score in [0, 1] per candidate, in order, and the call's timing (zeros when no candidate
+    needed the model); ``cosines`` one per candidate or none. Raises ModelServiceError."""
+    if not query.strip():
+        raise InvalidInput("query is empty")
+    if not candidates:
+        raise InvalidInput("candidates is empty")
+    candidates, cosines = list(candidates), list(cosines)
+    if cosines and len(cosines) != len(candidates):
+        raise InvalidInput(f"{len(cosines)} cosines for {len(candidates)} candidates (send one per candidate, or none)")
+    if not all(math.isfinite(c) for c in cosines):
+        raise InvalidInput("cosines must be finite")
+    if not math.isfinite(min_score):
+        raise InvalidInput("min_score must be finite")
+    settings = server.settings
+    # A wrapped backend (tests' GatedBackend) may have no decision attribute: none.
+    model = getattr(server.require_backend(), "decision", None)
+    prepared = None
+    if model is not None and cosines:
+        prepared = await _prepare(model, query, candidates, _clamped(cosines))
+    scores: list[float | None] = [None] * len(candidates)
+    if prepared is not None and min_score > 0:
+        # Candidates that cannot reach min_score, whatever the cross-encoder says, keep
+        # their upper bound and skip the model (ScoreRequest.min_score). With the shipped
+        # decision model that takes a cosine under about 0.45 (below the default L2 floor),
+        # so it saves work mostly where the floor is lowered; the bound is arithmetic on
+        # the features the decision needs anyway.
+        for i, bound in enumerate(prepared.upper_bounds()):
+            if bound < min_score:
+                scores[i] = float(bound)
+    kept = [i for i, s in enumerate(scores) if s is None]
+    timing = Timing()
+    if kept:
+        probs, timing = await server.require_batcher().submit([(query, candidates[i]) for i in kept])
+        decided = [float(p) for p in probs]
+        if prepared is not None:
+            # The decision model's calibrated probabilities from the cross-encoder's (back to
+            # logits: the model was fitted on logits): a dot product per pair.
+            logits = logit_from_probability(np.asarray(decided, dtype=np.float64)).tolist()
+            decided = [float(p) for p in prepared.subset(kept).probabilities(logits)]
+        if rules.enabled_rules(settings.rules):
+            # Off the event loop: the rules are another team's code and may do real work.
+            # rules.apply_rules looked up at call time (tests replace it).
+            decided = await asyncio.to_thread(rules.apply_rules, query, [candidates[i] for i in kept], decided,
+                                              settings.rules)
+        if len(decided) != len(kept):
+            raise RuntimeError(f"apply_rules returned {len(decided)} scores for {len(kept)} candidates")
+        for i, s in zip(kept, decided, strict=True):
+            scores[i] = s
+    return [min(1.0, max(0.0, float(s or 0.0))) for s in scores], timing
+
+
 class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
     def __init__(self, server: ModelServer[CrossEncoderModel]) -> None:
         self._server = server
@@ -43,56 +99,10 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
     # (services.model_server.interceptors) counts them and picks the gRPC code.
     async def Score(self, request: verifier_pb2.ScoreRequest, context: grpc.aio.ServicerContext
                     ) -> verifier_pb2.ScoreResponse:
-        if not request.query.strip():
-            raise InvalidInput("query is empty")
-        if not request.candidates:
-            raise InvalidInput("candidates is empty")
-        query, candidates = request.query, list(request.candidates)
-        cosines = list(request.cosines)
-        if cosines and len(cosines) != len(candidates):
-            raise InvalidInput(f"{len(cosines)} cosines for {len(candidates)} candidates (send one per candidate, or none)")
-        if not all(math.isfinite(c) for c in cosines):
-            raise InvalidInput("cosines must be finite")
-        if not math.isfinite(request.min_score):
-            raise InvalidInput("min_score must be finite")
-        settings = self._server.settings
-        # A wrapped backend (tests' GatedBackend) may have no decision attribute: none.
-        model = getattr(self._server.require_backend(), "decision", None)
-        prepared = None
-        if model is not None and cosines:
-            prepared = await _prepare(model, query, candidates, _clamped(cosines))
-        scores: list[float | None] = [None] * len(candidates)
-        if prepared is not None and request.min_score > 0:
-            # Candidates that cannot reach min_score, whatever the cross-encoder says, keep
-            # their upper bound and skip the model (ScoreRequest.min_score). With the shipped
-            # decision model that takes a cosine under about 0.45 (below the default L2 floor),
-            # so it saves work mostly where the floor is lowered; the bound is arithmetic on
-            # the features the decision needs anyway.
-            for i, bound in enumerate(prepared.upper_bounds()):
-                if bound < request.min_score:
-                    scores[i] = float(bound)
-        kept = [i for i, s in enumerate(scores) if s is None]
-        timing = verifier_pb2.Timing()
-        if kept:
-            probs, took = await self._server.require_batcher().submit([(query, candidates[i]) for i in kept])
-            timing = verifier_pb2.Timing(queue_time_ns=took.queue_ns, tokenize_time_ns=took.tokenize_ns,
-                                         inference_time_ns=took.inference_ns)
-            decided = [float(p) for p in probs]
-            if prepared is not None:
-                # The decision model's calibrated probabilities from the cross-encoder's (back to
-                # logits: the model was fitted on logits): a dot product per pair.
-                logits = logit_from_probability(np.asarray(decided, dtype=np.float64)).tolist()
-                decided = [float(p) for p in prepared.subset(kept).probabilities(logits)]
-            if rules.enabled_rules(settings.rules):
-                # Off the event loop: the rules are another team's code and may do real work.
-                # rules.apply_rules looked up at call time (tests replace it).
-                decided = await asyncio.to_thread(rules.apply_rules, query, [candidates[i] for i in kept], decided,
-                                                  settings.rules)
-            if len(decided) != len(kept):
-                raise RuntimeError(f"apply_rules returned {len(decided)} scores for {len(kept)} candidates")
-            for i, s in zip(kept, decided, strict=True):
-                scores[i] = s
-        return verifier_pb2.ScoreResponse(scores=[min(1.0, max(0.0, float(s or 0.0))) for s in scores], timing=timing)
+        scores, took = await score_candidates(self._server, request.query, request.candidates, request.cosines,
+                                              request.min_score)
+        return verifier_pb2.ScoreResponse(scores=scores, timing=verifier_pb2.Timing(
+            queue_time_ns=took.queue_ns, tokenize_time_ns=took.tokenize_ns, inference_time_ns=took.inference_ns))
 
     async def Info(self, request: verifier_pb2.InfoRequest, context: grpc.aio.ServicerContext
                    ) -> verifier_pb2.InfoResponse:

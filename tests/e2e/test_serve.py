@@ -3,7 +3,8 @@ the shipped verifier and an embedded Qdrant Edge shard, driven by the official `
 
 The fake upstream is the only fake here. These tests show the product's promise end to end: a
 reworded question is served from cache only after the verifier says yes, the seed's traps
-are misses, and what was cached survives a restart (L2 is on disk; L1 is in-process).
+are misses, and what was cached survives a restart (L2 is on disk; L1 is in-process), with
+the models called in process (the default) and over gRPC.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ MODEL = "gpt-4o-mini"
 
 
 class ServeProcess:
-    def __init__(self, storage: Path, upstream: FakeUpstream) -> None:
+    def __init__(self, storage: Path, upstream: FakeUpstream, **extra_env: str) -> None:
         self.port = free_port()
         self.log = storage / f"serve-{self.port}.log"
         env = {
@@ -47,6 +48,7 @@ class ServeProcess:
             # a loaded CI machine must not turn a slow model call into a miss
             "REFLEX_EMBEDDER_TIMEOUT_MS": "20000",
             "REFLEX_VERIFIER_TIMEOUT_MS": "20000",
+            **extra_env,
         }
         for name in ("REFLEX_RERANKER_PATH", "REFLEX_MODEL_PATH", "REFLEX_REDIS_URL", "REFLEX_QDRANT_URL",
                      "REFLEX_EMBEDDER_URL", "REFLEX_VERIFIER_URL", "REFLEX_RERANKER_THRESHOLD"):
@@ -160,13 +162,18 @@ def test_l2_survives_a_restart_and_ctrl_c_is_clean(
     wait_for_write(serve, question)
     assert serve.stop() == 0
 
-    restarted = ServeProcess(storage, upstream)
+    assert "calls the embedder and verifier in process" in serve.log.read_text()
+
+    # Restarted with the models called over loopback gRPC, as a cluster's gateway calls them
+    # (REFLEX_SERVE_MODEL_CALLS=grpc): the same store, the same verified hit.
+    restarted = ServeProcess(storage, upstream, REFLEX_SERVE_MODEL_CALLS="grpc")
     try:
         # L1 was in-process and is gone; the same wording now comes back through L2 + L3.
         status, headers, _ = restarted.ask(question)
         assert status == "hit-l3-verified", headers
     finally:
         assert restarted.stop() == 0
+    assert "calls the embedder and verifier over gRPC" in restarted.log.read_text()
 
 
 @pytest.mark.slow

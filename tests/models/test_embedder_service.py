@@ -12,11 +12,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sentence_transformers import SentenceTransformer
 
 from reflex.embedder.v1 import embedder_pb2, embedder_pb2_grpc
-from reflex.tiers import TierUnavailable
+from reflex.tiers import ServerTiming, TierUnavailable
 from services.embedder.main import start_embedder_server
 from services.embedder.model import EmbeddingModel
 from services.embedder.service import EMBEDDER_SPEC, GRPC_SERVICE
-from services.gateway.model_clients import GrpcEmbedder, ServerTiming
+from services.gateway.model_clients import GrpcEmbedder
 from services.model_server.grpc_server import start_model_server
 from tests.support.models import GatedBackend, RunningServer, cosine, model_settings
 

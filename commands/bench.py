@@ -136,7 +136,9 @@ async def run(args: argparse.Namespace, settings: ServeSettings, progress: Progr
                      "verifier_backend": settings.models.model.verifier_backend,
                      "device": settings.models.model.device or "auto",
                      "cuda_graphs": settings.models.model.cuda_graphs,
-                     "max_batch_wait_ms": settings.models.batching.max_batch_wait_ms},
+                     "max_batch_wait_ms": settings.models.batching.max_batch_wait_ms,
+                     # how `reflex serve` (the semantic section) calls its models
+                     "serve_model_calls": settings.gateway.models.serve_model_calls},
         "figures": [f.as_json() for f in figures],
     }
 
@@ -167,7 +169,9 @@ def table(report: dict[str, Any]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     s = report["settings"]
     lines.append(f"\nembedder {s['embedder_backend']}, verifier {s['verifier_backend']} (on a CPU; device "
-                 f"{s['device']}), {report['machine']['usable_cores']} "
+                 f"{s['device']}), `reflex serve` calling them "
+                 f"{'in process' if s.get('serve_model_calls') == 'in-process' else 'over gRPC'}, "
+                 f"{report['machine']['usable_cores']} "
                  f"usable cores{', quick run' if report['quick'] else ''}")
     return "\n".join(lines)
 

@@ -13,12 +13,13 @@ from sentence_transformers import SentenceTransformer
 
 from reflex.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from reflex.tiers import ServerTiming, TierUnavailable
+from services.embedder.in_process import InProcessEmbedder
 from services.embedder.main import start_embedder_server
 from services.embedder.model import EmbeddingModel
 from services.embedder.service import EMBEDDER_SPEC, GRPC_SERVICE
 from services.gateway.model_clients import GrpcEmbedder
-from services.model_server.grpc_server import start_model_server
-from tests.support.models import GatedBackend, RunningServer, cosine, model_settings
+from services.model_server.grpc_server import ModelServer, start_model_server
+from tests.support.models import BrokenForward, GatedBackend, RunningServer, cosine, model_settings
 
 # The service runs the shipped default backend (REFLEX_EMBEDDER_BACKEND): int8 moves vectors a
 # little and makes a row depend slightly on its batch-mates (one activation scale per batch);
@@ -104,10 +105,16 @@ async def test_empty_request_is_invalid_argument(embedder_server: RunningServer,
     assert embedder_server.metric("reflex_embedder_failures_total", {"reason": "invalid_input"}) >= 2
 
 
-async def test_full_queue_answers_resource_exhausted(minilm_model: EmbeddingModel) -> None:
+def client_of(kind: str, server: ModelServer[EmbeddingModel]) -> GrpcEmbedder | InProcessEmbedder:
+    """The gateway's client of ``server``: over gRPC, or in process (reflex serve's default)."""
+    return GrpcEmbedder(f"127.0.0.1:{server.port}") if kind == "grpc" else InProcessEmbedder(server)
+
+
+@pytest.mark.parametrize("kind", ["grpc", "in-process"])
+async def test_full_queue_answers_resource_exhausted(minilm_model: EmbeddingModel, kind: str) -> None:
     gated = GatedBackend(minilm_model)
     server = await start_embedder_server(model_settings(max_queue=4), 0, load_backend=lambda _s: gated)
-    c = GrpcEmbedder(f"127.0.0.1:{server.port}")
+    c = client_of(kind, server)
     try:
         gated.close_gate()
         admitted = asyncio.create_task(c.embed(["a", "b", "c", "d"], timeout=60))
@@ -124,15 +131,20 @@ async def test_full_queue_answers_resource_exhausted(minilm_model: EmbeddingMode
         await server.stop(0)
 
 
-async def test_deadline_past_is_a_timeout(minilm_model: EmbeddingModel) -> None:
+@pytest.mark.parametrize("kind", ["grpc", "in-process"])
+async def test_deadline_past_is_a_timeout(minilm_model: EmbeddingModel, kind: str) -> None:
     gated = GatedBackend(minilm_model)
-    server = await start_embedder_server(model_settings(), 0, load_backend=lambda _s: gated)
-    c = GrpcEmbedder(f"127.0.0.1:{server.port}")
+    server = await start_embedder_server(model_settings(max_queue=4), 0, load_backend=lambda _s: gated)
+    c = client_of(kind, server)
     try:
         gated.close_gate()
         with pytest.raises(TierUnavailable) as err:
             await c.embed(["slow"], timeout=0.3)
         assert err.value.reason == "timeout"
+        gated.open_gate()
+        # the late call's item left the queue with its caller: there is room for four again
+        assert len(await c.embed(["e", "f", "g", "h"], timeout=60)) == 4
+        assert server.batcher is not None and server.batcher.inflight == 0
     finally:
         gated.open_gate()
         await c.close()
@@ -192,20 +204,6 @@ async def test_health_not_serving_until_warm_then_serving_then_drains_on_stop(mi
             gated.open_gate()
             await c.close()
             await server.stop(0)
-
-
-class BrokenForward(GatedBackend):
-    """Every forward pass raises while ``broken`` is set (as a faulted GPU would); clear it
-    and the real model answers again."""
-
-    def __init__(self, inner: EmbeddingModel, *, broken: bool = True) -> None:
-        super().__init__(inner)
-        self.broken = broken
-
-    def forward(self, batch: object) -> object:
-        if self.broken:
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return super().forward(batch)
 
 
 async def test_failed_warm_up_never_turns_serving(minilm_model: EmbeddingModel) -> None:

@@ -1,6 +1,7 @@
 """The in-process model clients (``reflex serve``'s default, services/model_server/in_process.py)
 against real model servers: the same vectors, scores, accounting and failures as the gRPC
-clients of the same servers, and health as grpc.health.v1 reports it."""
+clients of the same servers, and health as grpc.health.v1 reports it (a full queue and a late
+answer: tests/models/test_embedder_service.py, for both clients)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from services.embedder.service import EMBEDDER_SPEC
 from services.gateway.model_clients import GrpcEmbedder, GrpcVerifier
 from services.model_server.grpc_server import start_model_server
 from services.verifier.in_process import InProcessVerifier
-from tests.support.models import GatedBackend, RunningServer, model_settings
+from tests.support.models import BrokenForward, RunningServer, model_settings
 
 T = TypeVar("T")
 
@@ -99,33 +100,6 @@ async def test_bad_calls_are_errors_counted_as_invalid_input(embedder_server: Ru
     assert running.metric(f"reflex_{name}_failures_total", {"reason": "invalid_input"}) == before + 1
 
 
-async def test_a_full_queue_is_overloaded_and_a_late_answer_a_timeout(minilm_model: EmbeddingModel) -> None:
-    gated = GatedBackend(minilm_model)
-    server = await start_embedder_server(model_settings(max_queue=4), 0, load_backend=lambda _s: gated)
-    local = InProcessEmbedder(server)
-    try:
-        gated.close_gate()
-        admitted = asyncio.create_task(local.embed(["a", "b", "c", "d"], timeout=60))
-        await asyncio.to_thread(gated.entered.wait, 30)
-        with pytest.raises(TierUnavailable) as err:
-            await local.embed(["one too many"], timeout=60)
-        assert err.value.reason == "overloaded"
-        gated.open_gate()
-        assert len(await admitted) == 4
-
-        gated.close_gate()
-        with pytest.raises(TierUnavailable) as err:
-            await local.embed(["slow"], timeout=0.3)
-        assert err.value.reason == "timeout"
-        gated.open_gate()
-        # the late call's item left the queue with its caller: there is room for four again
-        assert len(await local.embed(["e", "f", "g", "h"], timeout=60)) == 4
-        assert server.batcher is not None and server.batcher.inflight == 0
-    finally:
-        gated.open_gate()
-        await server.stop(0)
-
-
 async def test_check_and_calls_follow_the_servers_health(minilm_model: EmbeddingModel) -> None:
     load_gate = threading.Event()
 
@@ -158,20 +132,9 @@ async def test_check_and_calls_follow_the_servers_health(minilm_model: Embedding
         await server.stop(0)
 
 
-class BrokenForward(GatedBackend):
-    """Every forward pass raises while ``broken`` is set, as a faulted GPU would."""
-
-    broken = False
-
-    def forward(self, batch: object) -> object:
-        if self.broken:
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return super().forward(batch)
-
-
 async def test_failing_forward_passes_refuse_calls_until_the_server_probes_itself_back(
         minilm_model: EmbeddingModel) -> None:
-    backend = BrokenForward(minilm_model)
+    backend = BrokenForward(minilm_model, broken=False)
     server = await start_model_server(EMBEDDER_SPEC, model_settings(unhealthy_after_failures=2), 0,
                                       load_backend=lambda _s: backend, recovery_probe_s=0.1)
     local = InProcessEmbedder(server)

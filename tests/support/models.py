@@ -24,10 +24,11 @@ import pytest
 import torch
 
 from reflex.settings import ModelServiceSettings
-from services.model_server.grpc_server import ModelServer
 from services.embedder.main import start_embedder_server
 from services.embedder.model import EmbeddingModel, default_model_path, load_embedding_model
-from services.verifier.cross_encoder import CrossEncoderModel, default_model_path as shipped_verifier_path
+from services.model_server.grpc_server import ModelServer
+from services.verifier.cross_encoder import CrossEncoderModel
+from services.verifier.cross_encoder import default_model_path as shipped_verifier_path
 from services.verifier.main import start_verifier_server
 from tests.support.loop_thread import LoopThread
 
@@ -91,6 +92,20 @@ class GatedBackend:
 
     def __getattr__(self, name: str) -> Any:  # tokenize, collate, name, dimension, runtime, ...
         return getattr(self.inner, name)
+
+
+class BrokenForward(GatedBackend):
+    """Every forward pass raises while ``broken`` is set (as a faulted GPU would); clear it
+    and the real model answers again."""
+
+    def __init__(self, inner: Any, *, broken: bool = True) -> None:
+        super().__init__(inner)
+        self.broken = broken
+
+    def forward(self, batch: object) -> object:
+        if self.broken:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return super().forward(batch)
 
 
 @dataclass

@@ -4,10 +4,10 @@ The embedder and verifier run in this process as real gRPC servers on loopback p
 warm-up, batching and draining exactly as in Kubernetes). The gateway calls them in process,
 straight into their batchers through the servicers' own request functions
 (services/model_server/in_process.py: about 2 ms less per model call on 2 cores), or over
-those ports with its cluster gRPC clients when REFLEX_SERVE_MODEL_CALLS=grpc. L1 is the in-process LRU unless
-REFLEX_REDIS_URL is set; L2 is the embedded Qdrant Edge shard under REFLEX_STORAGE_PATH
-unless REFLEX_QDRANT_URL is set. A model service named by REFLEX_EMBEDDER_URL or
-REFLEX_VERIFIER_URL is used instead of starting one here.
+those ports with its cluster gRPC clients when REFLEX_SERVE_MODEL_CALLS=grpc. L1 is the
+in-process LRU unless REFLEX_REDIS_URL is set; L2 is the embedded Qdrant Edge shard under
+REFLEX_STORAGE_PATH unless REFLEX_QDRANT_URL is set. A model service named by
+REFLEX_EMBEDDER_URL or REFLEX_VERIFIER_URL is used instead of starting one here (over gRPC).
 
 Ctrl-C (or SIGTERM) stops the gateway first, draining in-flight requests and pending cache
 writes, then closes L2 and stops the model servers.

@@ -280,7 +280,8 @@ class ModelClientSettings(SettingsGroup):
         description="Lookups sharing Embed calls: a lookup's call goes at once while none of the gateway's Embed "
         "calls is in flight; those made while one is wait for the end of the event-loop turn and go together, at "
         "most this many texts per call (1: a call per lookup). An idle gateway's lookup waits for nothing; a busy "
-        "one pays gRPC's per-call cost once for several lookups.",
+        "one pays gRPC's per-call cost once for several lookups. gRPC clients only: `reflex serve`'s in-process "
+        "calls (REFLEX_SERVE_MODEL_CALLS) go straight to the batcher, which has no per-call cost to share.",
     )
     verifier_timeout_ms: int = Field(
         2000, ge=1, description="Deadline of one Score call; past it the request is a plain miss."

@@ -47,6 +47,11 @@ class ServerTiming:
     tokenize_s: float
     inference_s: float
 
+    @classmethod
+    def from_ns(cls, queue_ns: int, tokenize_ns: int, inference_ns: int) -> "ServerTiming":
+        """From the nanoseconds the servers count in (the protos' Timing, the batcher's)."""
+        return cls(queue_ns / 1e9, tokenize_ns / 1e9, inference_ns / 1e9)
+
 
 # Called after every successful model call with (component, timing), e.g. to feed the
 # gateway's histograms. A callback rather than a "last timing" attribute: calls run concurrently.

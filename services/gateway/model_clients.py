@@ -67,10 +67,6 @@ _REASON_BY_STATUS: Mapping[grpc.StatusCode, str] = MappingProxyType({
 })
 
 
-def _server_timing(timing: embedder_pb2.Timing | verifier_pb2.Timing) -> ServerTiming:
-    return ServerTiming(timing.queue_time_ns / 1e9, timing.tokenize_time_ns / 1e9, timing.inference_time_ns / 1e9)
-
-
 def _to_tier_unavailable(component: str, exc: grpc.aio.AioRpcError) -> TierUnavailable:
     reason = _REASON_BY_STATUS.get(exc.code(), "error")
     return TierUnavailable(component, reason, f"{exc.code().name}: {exc.details() or ''}".strip())
@@ -89,7 +85,8 @@ class _GrpcModelClient:
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def _report(self, timing: embedder_pb2.Timing | verifier_pb2.Timing) -> ServerTiming:
-        server_timing = _server_timing(timing)
+        server_timing = ServerTiming.from_ns(timing.queue_time_ns, timing.tokenize_time_ns,
+                                            timing.inference_time_ns)
         log.debug("%s timing: queue %.2f ms, tokenize %.2f ms, inference %.2f ms", self.component,
                   server_timing.queue_s * 1e3, server_timing.tokenize_s * 1e3, server_timing.inference_s * 1e3)
         if self._on_timing is not None:

@@ -58,11 +58,10 @@ class InProcessModelClient(Generic[BackendT]):
         self._on_timing = on_timing
 
     async def _call(self, call: Callable[[], Awaitable[T]], timeout: float) -> T:
-        if not self._server.reports_serving:
-            # What a gRPC client that checks health gets from a lone replica that reports
-            # NOT_SERVING (loading, failing forward passes, stopping): UNAVAILABLE at once, and
-            # the call never reaches the server, which probes itself back (grpc_server.py).
-            raise TierUnavailable(self.component, "unavailable", "NOT_SERVING")
+        # What a gRPC client that checks health gets from a lone replica that reports
+        # NOT_SERVING (loading, failing forward passes, stopping): UNAVAILABLE at once, and the
+        # call never reaches the server, which probes itself back (grpc_server.py).
+        await self.check()
         metrics = self._server.metrics
         metrics.requests.labels(self.method).inc()
         try:
@@ -82,8 +81,8 @@ class InProcessModelClient(Generic[BackendT]):
 
     def _report(self, timing: Timing) -> None:
         if self._on_timing is not None:
-            self._on_timing(self.component, ServerTiming(timing.queue_ns / 1e9, timing.tokenize_ns / 1e9,
-                                                         timing.inference_ns / 1e9))
+            self._on_timing(self.component, ServerTiming.from_ns(timing.queue_ns, timing.tokenize_ns,
+                                                                 timing.inference_ns))
 
     async def check(self) -> None:
         """Raise TierUnavailable unless the server would report SERVING."""
